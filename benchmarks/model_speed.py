@@ -1,0 +1,278 @@
+"""Model speed: action latency, prefix-cached flow sampling, MoLoRA vs peft X-LoRA (generation, training), memory.
+
+Usage: python benchmarks/model_speed.py --device cpu --preset tiny,small --repeats 5
+       python benchmarks/model_speed.py --device cuda --preset base --dtype bf16
+Prints a table, then (last line) one JSON object with the same figures. Times are the minimum over --repeats after a
+warm-up; ratios are measured within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from instructvla.model.processor import action_prompt
+from instructvla.model.vla import InstructVLA
+
+TARGETS = {"flow_cache_speedup": 3.0, "think_speedup_vs_xlora": 5.0, "train_step_ratio_vs_xlora": 0.75}
+
+
+# ---- measurement helpers ------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def min_time(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> float:
+    """Minimum wall time of `fn` over `repeats` runs (after `warmup` runs)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak extra memory of one call: CUDA max_memory_allocated, else the process's peak RSS (VmHWM, reset through
+    /proc/self/clear_refs; ru_maxrss delta if that is unavailable)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = _status_kb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        fn()
+        peak = _status_kb("VmHWM")
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    if base is None or peak is None:
+        return float("nan")
+    return max(peak - base, 0) / 1024
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------------
+def make_samples(model: InstructVLA, n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    s = model.config.image_size
+    v = model.action_expert.cfg.num_views
+    out = []
+    for i in range(n):
+        out.append({
+            "images": rng.integers(0, 256, (v, s, s, 3), dtype=np.uint8),
+            "has_action": True,
+            "actions": np.clip(rng.standard_normal((16, 7)), -1, 1).astype(np.float32)[: model.action_expert.cfg.chunk_size],
+            "conversation": [
+                {"role": "user", "content": action_prompt(f"put the apple near the plate {i}", think=True)},
+                {"role": "assistant", "content": "I will put the red apple near the white plate."},
+            ],
+        })
+    return out
+
+
+def build_xlora(model: InstructVLA, tmp: str):
+    """peft X-LoRA on a plain copy of `model`'s backbone, with `model`'s two LoRA experts as adapters "0", "1"."""
+    import peft
+    from transformers import AutoModelForImageTextToText
+
+    hf = AutoModelForImageTextToText.from_config(model.backbone.hf.config)
+    hf.load_state_dict(model.backbone.hf.state_dict())
+    hf.to(model.device)
+    paths = {}
+    for k in ("0", "1"):
+        paths[k] = os.path.join(tmp, f"expert{k}")
+        model.molora.export_peft(paths[k], expert=int(k))
+    cfg = peft.XLoraConfig(
+        task_type="CAUSAL_LM", hidden_size=model.backbone.hidden_size, adapters=paths,
+        xlora_depth=model.config.moe.gate_depth, xlora_size=model.config.moe.gate_hidden,
+        xlora_dropout_p=model.config.moe.gate_dropout,
+    )
+    xm = peft.get_peft_model(hf, cfg)
+    xm.to(model.device)
+    return xm
+
+
+# ---- one preset -----------------------------------------------------------------------------------------------------
+def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batch: int, think_tokens: int) -> dict:
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext)
+    res: dict[str, float | int | str] = {"preset": name}
+    stage1 = InstructVLA.from_preset(name).to(device).eval()
+    res["params_total"] = sum(p.numel() for p in stage1.parameters())
+    obs = make_samples(stage1, 1)[0]["images"]
+    gen = torch.Generator(device="cpu")
+
+    def act() -> None:
+        with amp():
+            stage1.predict_action(obs, "put the apple near the plate", generator=gen.manual_seed(0))
+
+    res["action_latency_ms"] = 1e3 * min_time(act, repeats, device)
+    res["action_peak_mb"] = peak_memory_mb(act, device)
+
+    # (b) flow sampling: full recompute each Euler step vs prefix computed once (KV cache).
+    with torch.no_grad(), amp():
+        lat, b = stage1.latents(obs, "put the apple near the plate")
+    dino = b["dino_images"].to(device)
+    ae = stage1.action_expert
+    noise = torch.randn(1, ae.cfg.chunk_size, ae.cfg.action_dim, generator=gen.manual_seed(1)).to(device)
+
+    def flow(cache: bool) -> Callable[[], object]:
+        def run() -> None:
+            with torch.no_grad(), amp():
+                ae.sample(lat, dino, None, noise=noise, use_cache=cache)
+        return run
+
+    res["flow_naive_ms"] = 1e3 * min_time(flow(False), repeats, device)
+    res["flow_cached_ms"] = 1e3 * min_time(flow(True), repeats, device)
+    res["flow_cache_speedup"] = res["flow_naive_ms"] / res["flow_cached_ms"]
+
+    # (c), (d): stage 2, ours vs peft X-LoRA on the same backbone and experts.
+    model = InstructVLA.to_stage2(stage1)
+    del stage1
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a non-trivial language expert, so both do real work
+        for ad in model.molora.adapters.values():
+            ad.lora_B[1].copy_(torch.randn(ad.lora_B[1].shape, generator=g).to(ad.lora_B.device) * 0.01)
+    tmp = tempfile.mkdtemp(prefix="instructvla_bench_")
+    xm = build_xlora(model, tmp).eval()
+    enc = model.processor.encode({"images": obs, "conversation": [
+        {"role": "user", "content": action_prompt("put the apple near the plate", think=True)}]},
+        generation_prompt=True)
+
+    def ours_gen() -> None:
+        with amp():
+            toks = model._greedy(enc, think_tokens, stop_ids=set())
+        assert len(toks) == think_tokens
+
+    ids = enc["input_ids"][None].to(device)
+    pix = enc["pixel_values"][None].to(device)
+
+    def xlora_gen() -> None:
+        with torch.no_grad(), amp():
+            out = xm.generate(input_ids=ids, pixel_values=pix, max_new_tokens=think_tokens,
+                              min_new_tokens=think_tokens, do_sample=False)
+        assert out.shape[1] - ids.shape[1] == think_tokens
+
+    gen_repeats = max(1, min(repeats, 3))
+    res["think_ours_s"] = min_time(ours_gen, gen_repeats, device)
+    res["think_xlora_s"] = min_time(xlora_gen, gen_repeats, device)
+    res["think_speedup_vs_xlora"] = res["think_xlora_s"] / res["think_ours_s"]
+
+    # (d) one stage-2 training step (FM + LM; action expert frozen; AdamW on the trainable set).
+    tb = model.processor(make_samples(model, batch, seed=1))
+    tb = {k: v.to(device) for k, v in tb.items()}
+    model.set_trainable(2)
+    model.train()
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-5)
+
+    def ours_step() -> None:
+        with amp():
+            loss = model(tb, generator=gen.manual_seed(0))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for n, p in xm.named_parameters():
+        p.requires_grad_("lora_" in n or "xlora_classifier" in n)
+    xm.train()
+    xopt = torch.optim.AdamW([p for p in xm.parameters() if p.requires_grad], lr=1e-5)
+    labels = tb["labels"]
+    q = tb["query_positions"]
+
+    def xlora_step() -> None:
+        with amp():
+            out = xm(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"], pixel_values=tb["pixel_values"],
+                     output_hidden_states=True)
+            hidden = out.hidden_states[-1]
+            sel = labels[:, 1:] != -100
+            lm = torch.nn.functional.cross_entropy(out.logits[:, :-1][sel].float(), labels[:, 1:][sel])
+            lat = torch.gather(hidden, 1, q[..., None].expand(-1, -1, hidden.shape[-1]))
+            fm = model.action_expert.loss(lat, tb["dino_images"], None, tb["actions"], generator=gen.manual_seed(0))
+            loss = fm + lm
+        xopt.zero_grad(set_to_none=True)
+        loss.backward()
+        xopt.step()
+
+    res["train_ours_s"] = min_time(ours_step, repeats, device)
+    res["train_xlora_s"] = min_time(xlora_step, repeats, device)
+    res["train_step_ratio_vs_xlora"] = res["train_ours_s"] / res["train_xlora_s"]
+    res["train_ours_peak_mb"] = peak_memory_mb(ours_step, device)
+    res["train_xlora_peak_mb"] = peak_memory_mb(xlora_step, device)
+    res["train_batch"] = batch
+    return res
+
+
+def print_table(rows: list[dict]) -> None:
+    keys = [k for k in rows[0] if k != "preset"]
+    width = max(len(k) for k in keys) + 2
+    print("metric".ljust(width) + "".join(r["preset"].rjust(14) for r in rows))
+    for k in keys:
+        cells = []
+        for r in rows:
+            v = r[k]
+            cells.append((f"{v:,.3f}" if isinstance(v, float) else f"{v:,}").rjust(14))
+        target = f"  (target {'>=' if k != 'train_step_ratio_vs_xlora' else '<='}{TARGETS[k]})" if k in TARGETS else ""
+        print(k.ljust(width) + "".join(cells) + target)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--preset", default="tiny", help="comma-separated backbone presets, e.g. tiny,small or base")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=8, help="training batch size")
+    ap.add_argument("--think-tokens", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda but CUDA is not available")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    rows = [bench_preset(p.strip(), device, args.dtype, args.repeats, args.batch, args.think_tokens)
+            for p in args.preset.split(",") if p.strip()]
+    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "dtype": args.dtype, "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__}
+    print(f"# model_speed on {meta['device']} ({args.dtype}, {args.threads} thread(s), min of {args.repeats})")
+    print_table(rows)
+    result = {"meta": meta, "results": rows, "targets": TARGETS}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Training samples from a LeRobot dataset: images, prompt (stage mixture), normalised action chunk, state.
+
+`RobotDataset[k]` is deterministic in (seed, k): frame = k % len, draw = k // len, so a `ResumableSampler` that
+yields `epoch * len + i` re-draws augmentation and prompts every epoch, works with DataLoader workers, and resumes
+exactly from a saved counter. Samples are `types.Sample` dicts; turning them into tensors is the model processor's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, Sampler
+
+from instructvla.data.augment import AugmentConfig, apply_params, resize_images, sample_params
+from instructvla.data.chunks import action_chunk, padding_value
+from instructvla.data.lerobot import LeRobotDatasetReader
+from instructvla.data.mixture import MixtureConfig, sample_conversation
+from instructvla.data.multimodal import MultimodalDataset
+from instructvla.data.normalize import compute_norm_stats, normalize, validate_stats
+from instructvla.types import Sample
+
+logger = logging.getLogger(__name__)
+
+ACTION_KEY = "action"
+STATE_KEY = "observation.state"
+MOTION_KEY = "language_motion"
+
+__all__ = ["RobotDataset", "MultimodalDataset", "ResumableSampler", "collate_samples", "dataset_norm_stats"]
+
+
+def dataset_norm_stats(reader: LeRobotDatasetReader, episodes: Sequence[int] | None = None) -> dict:
+    """q01/q99 normalisation stats of a dataset's actions (and states, if present), optionally of some episodes."""
+    rows = _frames_of(reader, episodes)
+    states = reader.column(STATE_KEY)[rows] if STATE_KEY in reader.features else None
+    return compute_norm_stats(reader.column(ACTION_KEY)[rows], states)
+
+
+def _frames_of(reader: LeRobotDatasetReader, episodes: Sequence[int] | None) -> np.ndarray:
+    if episodes is None:
+        return np.arange(len(reader))
+    bad = [e for e in episodes if not 0 <= e < reader.num_episodes]
+    if bad:
+        raise ValueError(f"episodes {bad} not in the dataset (0..{reader.num_episodes - 1})")
+    return np.concatenate([np.arange(reader.episodes[e].start, reader.episodes[e].stop) for e in episodes])
+
+
+class RobotDataset(Dataset):
+    """Robot-action samples (`has_action=True`).
+
+    root:        LeRobot v3.0 dataset directory.
+    stage:       0/1 -> action (+20% motion) prompts; 2 -> the VLA-IT mixture (needs meta/vla_it.jsonl).
+    chunk_size:  actions per chunk (16); past the episode end: zero motion, gripper held, action_is_pad True.
+    use_state:   include the normalised proprio state.
+    augment:     random-resized crop + colour jitter (same for all views); else a plain resize to image_size.
+    stats:       normalisation stats ({"action": {q01, q99, mask}, "state": ...}); computed from the data if None.
+    cameras:     feature keys of the views, primary first (default: every camera, `*primary*` first).
+    episodes:    restrict to these episode indices (e.g. a train split).
+    """
+
+    def __init__(self, root: str | os.PathLike, stage: int = 1, chunk_size: int = 16, use_state: bool = False,
+                 augment: bool = True, stats: Mapping[str, Any] | None = None, seed: int = 0,
+                 cameras: Sequence[str] | None = None, image_size: int = 224, mixture: MixtureConfig | None = None,
+                 augment_cfg: AugmentConfig | None = None, episodes: Sequence[int] | None = None,
+                 cache_bytes: int = 2 << 30):
+        if stage not in (0, 1, 2):
+            raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.reader = LeRobotDatasetReader(root, cache_bytes=cache_bytes)
+        r = self.reader
+        if ACTION_KEY not in r.features:
+            raise ValueError(f"{root}: dataset has no {ACTION_KEY!r} feature")
+        if use_state and STATE_KEY not in r.features:
+            raise ValueError(f"{root}: use_state=True but the dataset has no {STATE_KEY!r} feature")
+        self.stage, self.chunk_size, self.use_state, self.augment, self.seed = stage, chunk_size, use_state, augment, seed
+        self.mixture = mixture or MixtureConfig()
+        self.augment_cfg = augment_cfg or AugmentConfig(size=image_size)
+        self.image_size = self.augment_cfg.size
+        if cameras is None:
+            cameras = sorted(r.camera_keys, key=lambda k: (not k.endswith("primary"), r.camera_keys.index(k)))
+        unknown = [c for c in cameras if c not in r.camera_keys]
+        if unknown or not cameras:
+            raise ValueError(f"cameras {list(cameras)}: unknown {unknown} (dataset has {r.camera_keys})")
+        self.cameras = list(cameras)
+        self.stats = dict(stats) if stats is not None else dataset_norm_stats(r, episodes)
+        action_dim = r.column(ACTION_KEY).shape[-1]
+        validate_stats(self.stats, action_dim, r.column(STATE_KEY).shape[-1] if use_state else None)
+        self._actions = normalize(r.column(ACTION_KEY), self.stats, "action")
+        self._pad = padding_value(self.stats, "action")
+        self._states = normalize(r.column(STATE_KEY), self.stats, "state") if use_state else None
+        self._motion = r.column(MOTION_KEY) if MOTION_KEY in r.features else None
+        self._frames = _frames_of(r, episodes)
+        if stage == 2 and not r.annotations:
+            logger.warning("%s: stage 2 without meta/vla_it.jsonl: every sample falls back to plain action", root)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, k: int) -> Sample:
+        k = int(k)
+        if k < 0:
+            raise IndexError(f"negative sample index {k}")
+        n = len(self._frames)
+        row, draw = int(self._frames[k % n]), k // n
+        rng = np.random.default_rng([self.seed, draw, row])
+        py_rng = random.Random(int(rng.integers(2**62)))
+        r = self.reader
+        ep, fi = r.locate(row)
+        sl = r.episode_slice(ep)
+        actions, is_pad = action_chunk(self._actions[sl], fi, self.chunk_size, self._pad)
+        views = [r.image(ep, fi, cam) for cam in self.cameras]
+        if self.augment:
+            params = sample_params(rng, self.augment_cfg)
+            images = np.concatenate([apply_params(v[None], params, self.image_size) for v in views])
+        else:
+            images = np.concatenate([resize_images(v[None], self.image_size) for v in views])
+        primitive = str(self._motion[row]) if self._motion is not None else None
+        annotation = r.annotation(ep, fi) if self.stage == 2 else None
+        conversation, ptype = sample_conversation(self.stage, r.episode_task(ep), py_rng, primitive, annotation,
+                                                  self.mixture)
+        sample = Sample(images=images, conversation=conversation, has_action=True, actions=actions,
+                        action_is_pad=is_pad, prompt_type=ptype)
+        if self._states is not None:
+            sample["state"] = self._states[row]
+        return sample
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded shuffling sampler over `epoch * n + i` indices with a resumable counter (per rank).
+
+    Each epoch is a fresh permutation of range(n) (seed, epoch), split across ranks by striding; `infinite=True`
+    keeps going across epochs. `state_dict()` holds the number of indices yielded so far; with DataLoader
+    prefetching that runs ahead of training, save `{"consumed": batches_done * batch_size}` instead.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 infinite: bool = True):
+        if n < 1:
+            raise ValueError(f"sampler needs n >= 1, got {n}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.n, self.seed, self.shuffle, self.rank, self.world_size, self.infinite = (
+            n, seed, shuffle, rank, world_size, infinite)
+        self.per_rank = n // world_size if n >= world_size else 1
+        self.consumed = 0
+
+    def __iter__(self) -> Iterator[int]:
+        perm_epoch, perm = -1, None
+        while True:
+            epoch, i = divmod(self.consumed, self.per_rank)
+            if epoch != perm_epoch:
+                perm_epoch = epoch
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else None
+            pos = (i * self.world_size + self.rank) % self.n
+            self.consumed += 1
+            yield epoch * self.n + (int(perm[pos]) if perm is not None else pos)
+            if not self.infinite and self.consumed % self.per_rank == 0:
+                return
+
+    def __len__(self) -> int:
+        if self.infinite:
+            raise TypeError("an infinite ResumableSampler has no length")
+        return self.per_rank - self.consumed % self.per_rank
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "consumed": self.consumed}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if "consumed" not in state:
+            raise KeyError("sampler state needs 'consumed'")
+        if "seed" in state and state["seed"] != self.seed:
+            raise ValueError(f"sampler seed {self.seed} differs from the saved state's {state['seed']}")
+        self.consumed = int(state["consumed"])
+
+
+def collate_samples(batch: list[Sample]) -> list[Sample]:
+    """DataLoader collate_fn that keeps samples as a list (the model processor batches them)."""
+    return list(batch)
+
+
+def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, length: int | Sequence[int] = 20,
+                            image_size: int = 32, cameras: Sequence[str] = ("primary", "wrist"), fps: int = 10,
+                            seed: int = 0, annotations: bool = True, video: Any = None) -> str:
+    """Write a tiny synthetic LeRobot dataset (smooth moving-square videos, random-walk actions/states, motion
+    words, one VLA-IT record per episode) for tests and smoke runs. Returns the root as a string."""
+    from instructvla.data.lerobot import LeRobotDatasetWriter, robot_features, write_annotations
+
+    rng = np.random.default_rng(seed)
+    lengths = [length] * num_episodes if isinstance(length, int) else list(length)
+    if len(lengths) != num_episodes:
+        raise ValueError(f"length has {len(lengths)} entries for {num_episodes} episodes")
+    words = ("move forward", "move left, close gripper", "move up", "stop")
+    feats = robot_features({c: (image_size, image_size) for c in cameras})
+    yy, xx = np.mgrid[0:image_size, 0:image_size]
+    records = []
+    with LeRobotDatasetWriter(root, fps, feats, video=video, overwrite=True) as w:
+        for ep in range(num_episodes):
+            T = lengths[ep]
+            colour = rng.integers(40, 255, 3)
+            frames = {}
+            for ci, cam in enumerate(cameras):
+                imgs = np.empty((T, image_size, image_size, 3), np.uint8)
+                for t in range(T):
+                    cx = (image_size // 4 + t * 2 + ci * 5) % image_size
+                    base = np.stack([xx * 200 // image_size, yy * 200 // image_size,
+                                     np.full_like(xx, 60 + 40 * ci)], -1)
+                    square = (np.abs(xx - cx) < image_size // 6) & (np.abs(yy - image_size // 2) < image_size // 6)
+                    base[square] = colour
+                    imgs[t] = base
+                frames[f"observation.images.{cam}"] = imgs
+            act = rng.normal(0, 0.01, (T, 7)).astype(np.float32)
+            act[:, 6] = (np.arange(T) >= T // 2).astype(np.float32)
+            state = np.cumsum(rng.normal(0, 0.01, (T, 8)), 0).astype(np.float32)
+            frames |= {"action": act, "observation.state": state,
+                       "language_motion": [words[int(i)] for i in rng.integers(0, len(words), T)]}
+            w.add_episode(frames, ("pick up the red block", "put the apple on the plate")[ep % 2])
+            records.append({"episode_index": ep, "frame_index": 0, "caption": f"A table with {ep + 1} objects.",
+                            "qa": [{"question": "How many objects are on the table?", "answer": str(ep + 1)}],
+                            "command_rewriting": [{"instruction": "Grab the crimson cube.",
+                                                   "response": "I will pick up the red block."}],
+                            "context_creation": [{"instruction": "I need something red for my tower.",
+                                                  "response": "I will pick up the red block."}]})
+    if annotations:
+        write_annotations(root, records)
+    return str(root)

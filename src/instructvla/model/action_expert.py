@@ -1,0 +1,730 @@
+"""The InstructVLA action expert: FiLM-DINOv2 vision, projectors, block-masked Llama transformer, flow-matching head.
+
+Sequence layout (method.md §2.4): [visual | latent | (state) | action]. Visual tokens see visual tokens only; latent
+(and state) tokens see the whole prefix; action tokens see everything. With the hard (-inf) mask the prefix never
+depends on the noisy actions, so inference encodes the prefix once (`encode_prefix`, a per-layer KV cache) and each
+Euler step runs only the action tokens against it (`velocity`).
+
+Multi-view tokens are interleaved patch-wise, as in the reference: [v0p0, v1p0, v0p1, v1p1, ...]
+(``view_token_order="concat"`` gives all of view 0, then all of view 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instructvla.model.flow import (
+    ATTENTION_KINDS,
+    block_attention_mask,
+    euler_integrate,
+    interpolate,
+    randn,
+    sample_time,
+    sinusoidal_time_embedding,
+    target_velocity,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRESETS: tuple[str, ...] = ("tiny", "small", "base")
+
+
+@dataclass
+class ActionExpertConfig:
+    """Hyper-parameters of the action expert (sizes default to method.md's full model except `latent_dim`).
+
+    vision_feature_layer: which DINOv2 block feeds the expert. -1 (default) = last block followed by DINOv2's final
+        LayerNorm (the standard DINOv2 output). Any other index = that block's raw output, no final norm, and the
+        blocks after it are not built. The reference's released checkpoints use ``vision_feature_layer=2`` (the 3rd
+        of 24 blocks), a side effect of how its wrapper asks timm for intermediate layers.
+    attention: "hard" = additive -inf block mask (default; exact prefix caching). "soft_bias" = the reference quirk
+        (no masking, +1 logit bonus on allowed pairs); sampling then recomputes the transformer every step.
+    center_crop_ratio: 1.0 = none. 0.875 reproduces the reference's DINO transform (resize 256, center-crop 224).
+    loss_ignore_padding: False (method: loss over every entry, padding included); True averages the loss over
+        non-padded steps only when `action_is_pad` is given.
+    """
+
+    latent_dim: int
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000.0
+    chunk_size: int = 16
+    action_dim: int = 7
+    state_dim: int = 8
+    use_state: bool = False
+    num_views: int = 1
+    image_size: int = 224
+    vision_hidden_size: int = 1024
+    vision_num_layers: int = 24
+    vision_num_heads: int = 16
+    vision_patch_size: int = 14
+    vision_num_registers: int = 4
+    vision_mlp_ratio: int = 4
+    vision_layerscale_value: float = 1.0
+    vision_feature_layer: int = -1
+    view_token_order: str = "interleave"
+    resize_mode: str = "bicubic"
+    center_crop_ratio: float = 1.0
+    attention: str = "hard"
+    time_max_period: float = 100.0
+    sigma_min: float = 0.001
+    num_inference_steps: int = 10
+    attention_dropout: float = 0.0
+    vision_dropout: float = 0.0
+    vision_drop_path_rate: float = 0.0
+    loss_ignore_padding: bool = False
+    head_widths: list[int] = field(default_factory=list)  # empty = scale method.md's 12288->3072->1536->384 ratios
+
+    def __post_init__(self) -> None:
+        positive = (
+            "latent_dim", "hidden_size", "num_layers", "num_heads", "intermediate_size", "chunk_size", "action_dim",
+            "state_dim", "num_views", "image_size", "vision_hidden_size", "vision_num_layers", "vision_num_heads",
+            "vision_patch_size", "vision_mlp_ratio", "num_inference_steps",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ActionExpertConfig.{name} must be a positive int, got {value!r}")
+        if self.vision_num_registers < 0:
+            raise ValueError(f"ActionExpertConfig.vision_num_registers must be >= 0, got {self.vision_num_registers}")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"ActionExpertConfig.hidden_size ({self.hidden_size}) must split into num_heads ({self.num_heads}) "
+                "heads of even size (RoPE)"
+            )
+        if self.vision_hidden_size % self.vision_num_heads:
+            raise ValueError(
+                f"ActionExpertConfig.vision_hidden_size ({self.vision_hidden_size}) must be divisible by "
+                f"vision_num_heads ({self.vision_num_heads})"
+            )
+        if self.image_size % self.vision_patch_size:
+            raise ValueError(
+                f"ActionExpertConfig.image_size ({self.image_size}) must be a multiple of vision_patch_size "
+                f"({self.vision_patch_size})"
+            )
+        if not -self.vision_num_layers <= self.vision_feature_layer < self.vision_num_layers:
+            raise ValueError(
+                f"ActionExpertConfig.vision_feature_layer={self.vision_feature_layer} is outside the "
+                f"{self.vision_num_layers} vision blocks"
+            )
+        choices = {
+            "attention": ATTENTION_KINDS,
+            "view_token_order": ("interleave", "concat"),
+            "resize_mode": ("bicubic", "bilinear"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ActionExpertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("attention_dropout", "vision_dropout", "vision_drop_path_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ActionExpertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.center_crop_ratio <= 1.0:
+            raise ValueError(f"ActionExpertConfig.center_crop_ratio must be in (0, 1], got {self.center_crop_ratio}")
+        if not 0.0 <= self.sigma_min < 1.0:
+            raise ValueError(f"ActionExpertConfig.sigma_min must be in [0, 1), got {self.sigma_min}")
+        for name in ("time_max_period", "rope_theta", "rms_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ActionExpertConfig.{name} must be > 0, got {getattr(self, name)}")
+        self.head_widths = list(self.head_widths)
+        if any(not isinstance(w, int) or w < 1 for w in self.head_widths):
+            raise ValueError(f"ActionExpertConfig.head_widths must be positive ints, got {self.head_widths}")
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per view."""
+        return (self.image_size // self.vision_patch_size) ** 2
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Visual tokens over all views."""
+        return self.num_patches * self.num_views
+
+    @property
+    def vision_blocks_used(self) -> int:
+        """How many DINOv2 blocks are built and run."""
+        return self.vision_feature_layer % self.vision_num_layers + 1
+
+    def resolved_head_widths(self) -> list[int]:
+        """Hidden widths of the output MLP: method.md's ratios (flat/4, flat/8, flat/32) unless set explicitly."""
+        if self.head_widths:
+            return list(self.head_widths)
+        flat = self.chunk_size * self.hidden_size
+        out = self.chunk_size * self.action_dim
+        return [max(flat // 4, out), max(flat // 8, out), max(flat // 32, out)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ActionExpertConfig:
+        """Build from a dict; unknown keys raise naming the key."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ActionExpertConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, latent_dim: int, **overrides: Any) -> ActionExpertConfig:
+        """Named sizes: "tiny" (CPU tests), "small" (CPU-trainable), "base" (method.md full size)."""
+        if name not in _PRESETS:
+            import difflib
+
+            hint = difflib.get_close_matches(name, PRESETS, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"unknown action-expert preset {name!r} (known: {PRESETS}){extra}")
+        return cls.from_dict({**_PRESETS[name], "latent_dim": latent_dim, **overrides})
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, image_size=64,
+        vision_hidden_size=64, vision_num_layers=2, vision_num_heads=2, vision_patch_size=8,
+        vision_num_registers=4, vision_mlp_ratio=2,
+    ),
+    "small": dict(
+        hidden_size=128, num_layers=4, num_heads=4, intermediate_size=384, image_size=112,
+        vision_hidden_size=128, vision_num_layers=4, vision_num_heads=4, vision_patch_size=14,
+        vision_num_registers=4, vision_mlp_ratio=2,
+    ),
+    "base": dict(attention_dropout=0.1),
+}
+
+
+@dataclass
+class PrefixCache:
+    """What `velocity` needs from the prefix [visual | latent | (state)].
+
+    embeds: (B, P, d) prefix token embeddings (before the transformer).
+    keys / values: per layer (B, heads, P, head_dim) post-RoPE keys and values; None when the attention kind does not
+        allow exact caching (soft_bias), in which case `velocity` recomputes the transformer from `embeds`.
+    """
+
+    embeds: torch.Tensor
+    keys: list[torch.Tensor] | None
+    values: list[torch.Tensor] | None
+    n_visual: int
+    n_latent: int
+    n_state: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeds.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.embeds.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Llama-style transformer (RMSNorm, RoPE, SwiGLU, MHA) on torch SDPA, with a prefix KV cache. Parameter names follow
+# transformers' LlamaDecoderLayer so weights can be mapped.
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _rope(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None]
+    emb = torch.cat([freqs, freqs], dim=-1)  # (L, head_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class _Attention(nn.Module):
+    def __init__(self, cfg: ActionExpertConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.head_dim = d // cfg.num_heads
+        self.dropout = cfg.attention_dropout
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in
+                   (self.q_proj, self.k_proj, self.v_proj))
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        if mask is not None and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # e.g. under bf16 autocast
+        out = F.scaled_dot_product_attention(
+            q, k_all, v_all, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1)), k, v
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, cfg: ActionExpertConfig) -> None:
+        super().__init__()
+        self.input_layernorm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = _Attention(cfg)
+        self.post_attention_layernorm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = nn.ModuleDict(
+            {
+                "gate_proj": nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False),
+                "up_proj": nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False),
+                "down_proj": nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False),
+            }
+        )
+
+    def forward(self, x, cos, sin, mask, past):  # noqa: ANN001, ANN201 - internal
+        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
+        x = x + attn
+        h = self.post_attention_layernorm(x)
+        x = x + self.mlp["down_proj"](F.silu(self.mlp["gate_proj"](h)) * self.mlp["up_proj"](h))
+        return x, k, v
+
+
+class _Transformer(nn.Module):
+    """Decoder stack over inputs_embeds; RoPE positions start at `start` (the prefix length for cached steps)."""
+
+    def __init__(self, cfg: ActionExpertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList([_DecoderLayer(cfg) for _ in range(cfg.num_layers)])
+        self.norm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        start: int = 0,
+        past: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        cos, sin = _rope(positions, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, x.dtype)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            layer_past = None if past is None else (past[0][i], past[1][i])
+            x, k, v = layer(x, cos, sin, mask, layer_past)
+            keys.append(k)
+            values.append(v)
+        return self.norm(x), keys, values
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FiLM-conditioned DINOv2-with-registers
+
+
+class FiLMDinoV2(nn.Module):
+    """transformers' Dinov2WithRegistersModel run block by block, FiLM after each block's attention.
+
+    Per block: x <- x + Attn(LN(x)); x <- x * (1 + gamma) + beta; x <- x + MLP(LN(x)), with gamma, beta linear in the
+    conditioning vector (the mean latent query). Returns patch tokens only (CLS and registers stripped).
+    """
+
+    def __init__(self, cfg: ActionExpertConfig) -> None:
+        super().__init__()
+        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+        self.cfg = cfg
+        dino_cfg = Dinov2WithRegistersConfig(
+            hidden_size=cfg.vision_hidden_size,
+            num_hidden_layers=cfg.vision_num_layers,
+            num_attention_heads=cfg.vision_num_heads,
+            mlp_ratio=cfg.vision_mlp_ratio,
+            patch_size=cfg.vision_patch_size,
+            image_size=cfg.image_size,
+            num_register_tokens=cfg.vision_num_registers,
+            layerscale_value=cfg.vision_layerscale_value,
+            hidden_dropout_prob=cfg.vision_dropout,
+            attention_probs_dropout_prob=cfg.vision_dropout,
+            drop_path_rate=cfg.vision_drop_path_rate,
+        )
+        dino_cfg._attn_implementation = "sdpa"
+        self.dino = Dinov2WithRegistersModel(dino_cfg)
+        self.dino.embeddings.mask_token.requires_grad_(False)  # masked-image pretraining only; never used here
+        n_used = cfg.vision_blocks_used
+        self.use_final_norm = n_used == cfg.vision_num_layers
+        # Blocks after the feature layer (and the final norm when unused) are dropped: they would be dead weights.
+        self.dino.encoder.layer = self.dino.encoder.layer[:n_used]
+        if not self.use_final_norm:
+            self.dino.layernorm = nn.Identity()
+        self.film_gamma = nn.ModuleList(
+            [nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)]
+        )
+        self.film_beta = nn.ModuleList([nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)])
+        self.num_prefix_tokens = 1 + cfg.vision_num_registers
+
+    def forward(self, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """pixels (N, 3, S, S) normalised, cond (N, latent_dim) -> patch features (N, num_patches, vision_hidden)."""
+        x = self.dino.embeddings(pixels)
+        for block, g_lin, b_lin in zip(self.dino.encoder.layer, self.film_gamma, self.film_beta, strict=True):
+            attn, _ = block.attention(block.norm1(x))
+            x = x + block.drop_path(block.layer_scale1(attn))
+            gamma, beta = g_lin(cond)[:, None], b_lin(cond)[:, None]
+            x = x * (1.0 + gamma) + beta
+            x = x + block.drop_path(block.layer_scale2(block.mlp(block.norm2(x))))
+        x = self.dino.layernorm(x)
+        return x[:, self.num_prefix_tokens :]
+
+
+def _mlp2(d_in: int, d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d), nn.SiLU(), nn.Linear(d, d))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class ActionExpert(nn.Module):
+    """Flow-matching action expert conditioned on VLM latent queries, camera images and (optionally) proprio state."""
+
+    def __init__(self, cfg: ActionExpertConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, ActionExpertConfig):
+            raise TypeError(f"ActionExpert expects an ActionExpertConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.vision = FiLMDinoV2(cfg)
+        self.vision_proj = _mlp2(cfg.vision_hidden_size, d)
+        self.latent_proj = _mlp2(cfg.latent_dim, d)
+        self.state_proj = _mlp2(cfg.state_dim, d) if cfg.use_state else None
+        self.action_in = nn.Linear(cfg.action_dim, d)
+        self.action_time_mlp = _mlp2(2 * d, d)
+        self.transformer = _Transformer(cfg)
+        widths = [cfg.chunk_size * d, *cfg.resolved_head_widths()]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(w_in, w_out), nn.SiLU()]
+        layers.append(nn.Linear(widths[-1], cfg.chunk_size * cfg.action_dim))
+        self.head = nn.Sequential(*layers)
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.action_in.weight.dtype
+
+    def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, V, H, W, 3) -> float (B, V, 3, S, S): optional center crop, antialiased resize, ImageNet norm."""
+        cfg = self.cfg
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 (B, V, H, W, 3), got dtype {images.dtype}")
+        if images.ndim != 5:
+            raise ValueError(f"images must have 5 dims (B, V, H, W, 3), got shape {tuple(images.shape)}")
+        b, v, h, w, c = images.shape
+        if c != 3:
+            raise ValueError(f"images must have 3 colour channels last, got {c} (shape {tuple(images.shape)})")
+        if v != cfg.num_views:
+            raise ValueError(f"images has {v} views, config num_views={cfg.num_views}")
+        x = images.reshape(b * v, h, w, 3).permute(0, 3, 1, 2).float().div_(255.0)
+        if cfg.center_crop_ratio < 1.0:
+            ch, cw = max(1, round(h * cfg.center_crop_ratio)), max(1, round(w * cfg.center_crop_ratio))
+            top, left = (h - ch) // 2, (w - cw) // 2
+            x = x[:, :, top : top + ch, left : left + cw]
+        s = cfg.image_size
+        if x.shape[-2:] != (s, s):
+            x = F.interpolate(x, size=(s, s), mode=cfg.resize_mode, align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 1.0)
+        x = (x - self.image_mean) / self.image_std
+        return x.reshape(b, v, 3, s, s).to(self._dtype)
+
+    def _check_prefix_inputs(
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
+    ) -> None:
+        cfg = self.cfg
+        if latents.ndim != 3 or latents.shape[-1] != cfg.latent_dim or latents.shape[1] < 1:
+            raise ValueError(f"latents must be (B, N>=1, {cfg.latent_dim}), got shape {tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or Inf")
+        b = latents.shape[0]
+        expected = (b, cfg.num_views, 3, cfg.image_size, cfg.image_size)
+        if images.ndim != 5 or tuple(images.shape) != expected:
+            raise ValueError(
+                f"images must be preprocessed float (B, V, 3, S, S) = {expected}, got shape {tuple(images.shape)} "
+                "(use preprocess_images on uint8 frames)"
+            )
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float (use preprocess_images on uint8 frames), got {images.dtype}")
+        if cfg.use_state:
+            if state is None:
+                raise ValueError("state is required: config use_state=True")
+            if tuple(state.shape) != (b, cfg.state_dim):
+                raise ValueError(f"state must be (B, {cfg.state_dim}) = ({b}, {cfg.state_dim}), got {tuple(state.shape)}")
+            if not torch.isfinite(state).all():
+                raise ValueError("state contains NaN or Inf")
+        elif state is not None:
+            raise ValueError("state was given but config use_state=False (build the expert with use_state=True)")
+
+    def _check_actions(self, name: str, x: torch.Tensor, batch: int) -> None:
+        expected = (batch, self.cfg.chunk_size, self.cfg.action_dim)
+        if tuple(x.shape) != expected:
+            raise ValueError(f"{name} must have shape (B, H, A) = {expected}, got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contain NaN or Inf")
+
+    def _check_time(self, t: torch.Tensor, batch: int) -> None:
+        if t.ndim != 1 or t.shape[0] != batch:
+            raise ValueError(f"t must have shape ({batch},), got {tuple(t.shape)}")
+
+    # ------------------------------------------------------------------ embeddings
+
+    def encode_vision(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """FiLM-DINOv2 patch features of every view: (B, V * num_patches, vision_hidden), views ordered per config."""
+        b, v = images.shape[:2]
+        cond = latents.mean(dim=1).to(self._dtype)  # c-bar: mean over the N raw latent tokens
+        cond = cond.repeat_interleave(v, dim=0)
+        feats = self.vision(images.reshape(b * v, *images.shape[2:]).to(self._dtype), cond)
+        n, dv = feats.shape[1:]
+        feats = feats.view(b, v, n, dv)
+        if self.cfg.view_token_order == "interleave":
+            return feats.transpose(1, 2).reshape(b, n * v, dv)
+        return feats.reshape(b, v * n, dv)
+
+    def _embed_prefix(
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int, int, int]:
+        self._check_prefix_inputs(latents, images, state)
+        vis = self.vision_proj(self.encode_vision(latents, images))
+        lat = self.latent_proj(latents.to(self._dtype))
+        parts = [vis, lat]
+        if self.state_proj is not None:
+            parts.append(self.state_proj(state.to(self._dtype))[:, None])
+        n_state = 1 if self.state_proj is not None else 0
+        return torch.cat(parts, dim=1), vis.shape[1], lat.shape[1], n_state
+
+    def embed_actions(self, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B, H, A) noisy actions and (B,) times -> (B, H, d) action tokens."""
+        a = self.action_in(noisy_actions.to(self._dtype))
+        te = sinusoidal_time_embedding(t.float(), self.cfg.hidden_size, self.cfg.time_max_period).to(a.dtype)
+        te = te[:, None].expand(-1, a.shape[1], -1)
+        return self.action_time_mlp(torch.cat([te, a], dim=-1))
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        h = self.cfg.chunk_size
+        out = self.head(hidden[:, -h:].reshape(hidden.shape[0], -1))
+        return out.view(-1, h, self.cfg.action_dim)
+
+    def _mask(self, n_visual: int, n_latent: int, n_state: int, n_action: int, like: torch.Tensor) -> torch.Tensor:
+        return block_attention_mask(
+            n_visual, n_latent, n_state, n_action, self.cfg.attention, dtype=like.dtype, device=like.device
+        )
+
+    # ------------------------------------------------------------------ public model API
+
+    def encode_prefix(
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None = None
+    ) -> PrefixCache:
+        """Run FiLM-DINOv2, the projectors and (hard mask) the transformer over the prefix; returns its KV cache.
+
+        latents: (B, N, latent_dim) raw VLM latent-query states; images: (B, V, 3, S, S) from `preprocess_images`;
+        state: (B, state_dim) when use_state.
+        """
+        embeds, nv, nl, ns = self._embed_prefix(latents, images, state)
+        if self.cfg.attention != "hard":
+            return PrefixCache(embeds, None, None, nv, nl, ns)
+        mask = self._mask(nv, nl, ns, 0, embeds)
+        _, keys, values = self.transformer(embeds, mask=mask)
+        return PrefixCache(embeds, keys, values, nv, nl, ns)
+
+    def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
+
+        With the hard mask only the action tokens run (against the cached prefix keys/values); with soft_bias the
+        whole transformer is recomputed from the cached prefix embeddings.
+        """
+        b = prefix.batch_size
+        self._check_actions("noisy_actions", noisy_actions, b)
+        self._check_time(t, b)
+        act = self.embed_actions(noisy_actions, t)
+        if prefix.keys is not None and prefix.values is not None:
+            hidden, _, _ = self.transformer(act, mask=None, start=prefix.length, past=(prefix.keys, prefix.values))
+        else:
+            seq = torch.cat([prefix.embeds, act], dim=1)
+            mask = self._mask(prefix.n_visual, prefix.n_latent, prefix.n_state, act.shape[1], seq)
+            hidden, _, _ = self.transformer(seq, mask=mask)
+        return self._head(hidden)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor,
+        state: torch.Tensor | None,
+        noisy_actions: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
+        """Full recompute (training path): velocity (B, H, A) for noisy actions (B, H, A) at times t (B,)."""
+        embeds, nv, nl, ns = self._embed_prefix(latents, images, state)
+        b = embeds.shape[0]
+        self._check_actions("noisy_actions", noisy_actions, b)
+        self._check_time(t, b)
+        act = self.embed_actions(noisy_actions, t)
+        seq = torch.cat([embeds, act], dim=1)
+        hidden, _, _ = self.transformer(seq, mask=self._mask(nv, nl, ns, act.shape[1], seq))
+        return self._head(hidden)
+
+    def loss(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor,
+        state: torch.Tensor | None,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+        action_is_pad: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Flow-matching MSE: noise x0 ~ N(0, I), t = 0.999(1 - Beta(1.5, 1)), regress x1 - (1 - sigma_min) x0.
+
+        actions: (B, H, A) normalised chunk (x1). action_is_pad (B, H) is validated; it only changes the loss when
+        config loss_ignore_padding=True (the method averages over every entry, padding included).
+        """
+        b = actions.shape[0] if actions.ndim >= 1 else 0
+        self._check_actions("actions", actions, b)
+        if action_is_pad is not None and tuple(action_is_pad.shape) != (b, self.cfg.chunk_size):
+            raise ValueError(
+                f"action_is_pad must have shape ({b}, {self.cfg.chunk_size}), got {tuple(action_is_pad.shape)}"
+            )
+        x1 = actions.to(self._dtype)
+        x0 = randn(tuple(x1.shape), generator=generator, device=x1.device, dtype=x1.dtype)
+        t = sample_time(b, generator=generator, device=x1.device, dtype=x1.dtype)
+        xt = interpolate(x0, x1, t, self.cfg.sigma_min)
+        target = target_velocity(x0, x1, self.cfg.sigma_min)
+        err = (self(latents, images, state, xt, t).float() - target.float()).pow(2)
+        if self.cfg.loss_ignore_padding and action_is_pad is not None:
+            keep = (~action_is_pad.bool()).to(err.dtype)[..., None].expand_as(err)
+            return (err * keep).sum() / keep.sum().clamp_min(1.0)
+        return err.mean()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor,
+        state: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sample a normalised action chunk (B, H, A) by Euler integration of the velocity from t = 0 to 1.
+
+        Any batch size. Starting noise is `noise` if given, else drawn with `generator`. use_cache=True encodes the
+        prefix once and runs only the action tokens per step (exact for the hard mask). With attention="soft_bias"
+        the prefix depends on the actions, so only the vision features and prefix embeddings are cached and the
+        transformer is recomputed each step. use_cache=False recomputes everything (vision included) every step.
+        Call .eval() first for dropout-free, reproducible samples.
+        """
+        steps = self.cfg.num_inference_steps if num_steps is None else num_steps
+        b = latents.shape[0]
+        shape = (b, self.cfg.chunk_size, self.cfg.action_dim)
+        if noise is None:
+            noise = randn(shape, generator=generator, device=latents.device, dtype=self._dtype)
+        else:
+            self._check_actions("noise", noise, b)
+            noise = noise.to(self._dtype)
+        if use_cache:
+            prefix = self.encode_prefix(latents, images, state)
+            return euler_integrate(lambda x, t: self.velocity(prefix, x, t), noise, steps)
+        return euler_integrate(lambda x, t: self(latents, images, state, x, t), noise, steps)
+
+    # ------------------------------------------------------------------ weights and sizes
+
+    def load_vision_weights(self, path: str) -> None:
+        """Load a saved Dinov2WithRegisters directory (save_pretrained / hub layout) into the vision tower.
+
+        Sizes (width, heads, patch, registers, enough blocks) must match; position embeddings are resampled
+        (bicubic) when the checkpoint was saved at another image size. Blocks after the feature layer are skipped.
+        """
+        from transformers import Dinov2WithRegistersModel
+
+        src = Dinov2WithRegistersModel.from_pretrained(path)
+        scfg, cfg = src.config, self.cfg
+        checks = {
+            "vision_hidden_size": (scfg.hidden_size, cfg.vision_hidden_size),
+            "vision_num_heads": (scfg.num_attention_heads, cfg.vision_num_heads),
+            "vision_patch_size": (scfg.patch_size, cfg.vision_patch_size),
+            "vision_num_registers": (scfg.num_register_tokens, cfg.vision_num_registers),
+            "vision_mlp_ratio": (scfg.mlp_ratio, cfg.vision_mlp_ratio),
+        }
+        for name, (theirs, ours) in checks.items():
+            if theirs != ours:
+                raise ValueError(f"load_vision_weights({path!r}): checkpoint {name}={theirs}, config has {ours}")
+        if scfg.num_hidden_layers < cfg.vision_blocks_used:
+            raise ValueError(
+                f"load_vision_weights({path!r}): checkpoint has {scfg.num_hidden_layers} blocks, "
+                f"config needs {cfg.vision_blocks_used}"
+            )
+        if getattr(scfg, "use_swiglu_ffn", False):
+            raise ValueError(f"load_vision_weights({path!r}): SwiGLU-FFN DINOv2 checkpoints are not supported")
+        state = src.state_dict()
+        own = self.vision.dino.state_dict()
+        pos_key = "embeddings.position_embeddings"
+        if state[pos_key].shape != own[pos_key].shape:
+            state[pos_key] = _resample_pos_embed(state[pos_key], own[pos_key].shape[1] - 1)
+        wanted = {k: v for k, v in state.items() if k in own}
+        missing = sorted(set(own) - set(wanted))
+        if missing:
+            raise ValueError(f"load_vision_weights({path!r}): checkpoint lacks {missing[:5]}")
+        self.vision.dino.load_state_dict(wanted, strict=True)
+        logger.info("loaded DINOv2 weights from %s (%d tensors)", path, len(wanted))
+
+    def count_parameters(self) -> dict[str, int]:
+        """Parameter counts per part (vision, film, projectors, transformer, head) plus total and trainable."""
+        def n(mod: nn.Module | None) -> int:
+            return 0 if mod is None else sum(p.numel() for p in mod.parameters())
+
+        parts = {
+            "vision": n(self.vision.dino),
+            "film": n(self.vision.film_gamma) + n(self.vision.film_beta),
+            "projectors": n(self.vision_proj) + n(self.latent_proj) + n(self.state_proj) + n(self.action_in)
+            + n(self.action_time_mlp),
+            "transformer": n(self.transformer),
+            "head": n(self.head),
+        }
+        parts["total"] = sum(p.numel() for p in self.parameters())
+        parts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return parts
+
+
+def _resample_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """(1, 1 + n_old, D) -> (1, 1 + num_patches, D), bicubic on the square patch grid."""
+    cls_pos, grid = pos[:, :1], pos[:, 1:]
+    old, new = math.isqrt(grid.shape[1]), math.isqrt(num_patches)
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=old > new)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos.dtype)
+    return torch.cat([cls_pos, grid], dim=1)

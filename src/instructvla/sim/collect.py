@@ -1,0 +1,305 @@
+"""`instructvla collect`: scripted-expert demonstrations in parallel -> a LeRobot v3.0 dataset + VLA-IT + multimodal.
+
+Output directory:
+    LeRobot v3.0 dataset (see data/lerobot.py) with features observation.images.{primary,wrist} (video),
+    observation.state (8), action (7, the expert's clean action), language_motion (string: the per-frame move
+    primitive from the state trajectory, data/motion.py); the task string is the episode's instruction.
+    meta/vla_it.jsonl   one VLA-IT record per episode at frame 0 (caption, QA, command rewriting, context creation)
+                        from the first frame's scene graph.
+    multimodal/         rendered scenes + caption/VQA records (split "train" or "heldout"; data/multimodal.py).
+
+Episodes are attempted in a fixed order with seeds derived from (seed, attempt); workers run them in parallel
+(spawn, LP_NUM_THREADS=1 each) and results are written in attempt order, so the dataset does not depend on the
+number of workers. Only successful episodes are kept; the failure count is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_CAMERA_KEYS = {"primary": "image", "wrist": "wrist_image"}
+
+
+@dataclass
+class CollectConfig:
+    """Collect scripted demonstrations.
+
+    out:                 output dataset directory.
+    suite:               a task group from sim/suites.py ("atomic", "atomic-quick", "instruct", "instruct-quick");
+                         ignored when `tasks` is given. Instruct-suite tasks are collected with atomic instructions.
+    tasks:               registered simulator task names (e.g. pick/any place_on/any); see `instructvla tasks`.
+    episodes:            episode attempts in total (round-robin over the tasks); failures are dropped.
+    workers:             parallel worker processes.
+    camera_size:         square camera resolution in pixels.
+    cameras:             cameras to record ("primary", "wrist").
+    fps:                 dataset frame rate; must equal the simulator's control rate (None = use it).
+    seed:                base seed; episode i uses seed (seed, i).
+    noise:               fraction of the expert's free-space moves perturbed (the clean action is recorded).
+    codec:               video codec: "h264" (fast, default), "av1" (LeRobot's default), "hevc".
+    multimodal_samples:  scenes rendered for the multimodal corpus (0 = none).
+    heldout_fraction:    share of multimodal scenes in the "heldout" split (held-out question wording too).
+    annotate:            write meta/vla_it.jsonl.
+    overwrite:           replace an existing output directory.
+    """
+
+    out: str = "data/tabletop"
+    suite: str | None = "atomic-quick"
+    tasks: list[str] = field(default_factory=list)
+    episodes: int = 40
+    workers: int = 2
+    camera_size: int = 128
+    cameras: list[str] = field(default_factory=lambda: ["primary", "wrist"])
+    fps: int | None = None
+    seed: int = 0
+    noise: float = 0.2
+    codec: str = "h264"
+    multimodal_samples: int = 100
+    heldout_fraction: float = 0.2
+    annotate: bool = True
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("CollectConfig.out must be a directory path")
+        if not self.tasks and not self.suite:
+            raise ValueError("CollectConfig: give `suite` or `tasks`")
+        if self.episodes < 1:
+            raise ValueError(f"CollectConfig.episodes must be >= 1, got {self.episodes}")
+        if self.workers < 1:
+            raise ValueError(f"CollectConfig.workers must be >= 1, got {self.workers}")
+        if self.camera_size < 16 or self.camera_size % 2:
+            raise ValueError(f"CollectConfig.camera_size must be an even int >= 16, got {self.camera_size}")
+        bad = [c for c in self.cameras if c not in _CAMERA_KEYS]
+        if bad or not self.cameras:
+            raise ValueError(f"CollectConfig.cameras: unknown {bad} (choose from {list(_CAMERA_KEYS)})")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"CollectConfig.noise must be in [0, 1], got {self.noise}")
+        if self.multimodal_samples < 0:
+            raise ValueError(f"CollectConfig.multimodal_samples must be >= 0, got {self.multimodal_samples}")
+        if not 0.0 <= self.heldout_fraction <= 1.0:
+            raise ValueError(f"CollectConfig.heldout_fraction must be in [0, 1], got {self.heldout_fraction}")
+        from instructvla.data.lerobot import VideoConfig
+
+        VideoConfig(codec=self.codec)  # validates the codec name
+        if self.fps is not None:
+            from instructvla.sim.scene import CONTROL_HZ
+
+            if self.fps != int(CONTROL_HZ):
+                raise ValueError(f"CollectConfig.fps={self.fps}: the simulator runs at {int(CONTROL_HZ)} Hz")
+
+
+@dataclass
+class CollectResult:
+    """What a collection produced."""
+
+    out: str
+    episodes_kept: int
+    failures: int
+    errors: int
+    frames: int
+    multimodal_records: int
+    seconds: float
+    first_error: str = ""
+
+    @property
+    def episodes_per_minute(self) -> float:
+        return (self.episodes_kept + self.failures) / max(self.seconds, 1e-9) * 60.0
+
+
+def resolve_tasks(cfg: CollectConfig) -> list[Any]:
+    """Task names (str) or TaskSpecs to collect, in round-robin order."""
+    from instructvla.sim import tasks as T
+
+    if cfg.tasks:
+        for name in cfg.tasks:
+            T.get_task(name)  # raises with a did-you-mean hint
+        return list(cfg.tasks)
+    from instructvla.sim import suites
+
+    out: list[Any] = []
+    seen: set[str] = set()
+    for task in suites.get_suite(cfg.suite):
+        key = task.spec if isinstance(task.spec, str) else task.task_id
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(task.spec if isinstance(task.spec, str) else suites.task_spec(task))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+_ENVS: dict[str, Any] = {}
+
+
+def _worker_init() -> None:
+    os.environ["LP_NUM_THREADS"] = "1"
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _env_for(task: Any, camera_size: int, cameras: tuple[str, ...]):
+    from instructvla.sim.env import make_env
+
+    key = (task if isinstance(task, str) else task.name) + f"@{camera_size}:{','.join(cameras)}"
+    if key not in _ENVS:
+        _ENVS[key] = make_env(task, camera_size=camera_size, cameras=cameras)
+    return _ENVS[key]
+
+
+def _close_envs() -> None:
+    while _ENVS:
+        _ENVS.popitem()[1].close()
+
+
+def _run_episode(job: dict) -> dict:
+    """Run one expert episode; returns frames (if successful) and its annotation. Never raises."""
+    try:
+        from instructvla.sim.experts import make_expert
+
+        env = _env_for(job["task"], job["camera_size"], job["cameras"])
+        seed = int(np.random.default_rng([job["seed"], job["attempt"]]).integers(2**31))
+        obs, info = env.reset(seed=seed)
+        expert = make_expert(env, noise_prob=job["noise"], seed=seed)
+        expert.reset(seed=seed)
+        graph = env.unwrapped.scene_graph()
+        images: dict[str, list[np.ndarray]] = {c: [] for c in job["cameras"]}
+        states, actions = [], []
+        success = False
+        while True:
+            action, clean = expert.act_pair(obs)
+            for c in job["cameras"]:
+                images[c].append(obs[_CAMERA_KEYS[c]])
+            states.append(np.asarray(obs["state"], np.float32))
+            actions.append(np.asarray(clean, np.float32))
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                success = bool(info["success"])
+                break
+        out: dict[str, Any] = {"attempt": job["attempt"], "success": success, "instruction": info["instruction"],
+                               "length": len(actions)}
+        if not success:
+            return out
+        from instructvla.data.motion import motion_primitives
+
+        st = np.stack(states)
+        out["frames"] = {f"observation.images.{c}": np.stack(v) for c, v in images.items()} | {
+            "observation.state": st, "action": np.stack(actions), "language_motion": motion_primitives(st)}
+        if job["annotate"]:
+            from instructvla.sim.annotate import annotate_episode
+
+            out["annotation"] = annotate_episode(graph, np.random.default_rng([seed, 2]))
+        return out
+    except Exception as e:  # reported by the parent with the attempt number
+        logger.debug("episode %s failed", job["attempt"], exc_info=True)
+        return {"attempt": job["attempt"], "success": False, "error": f"{type(e).__name__}: {e}"}
+
+
+def _render_scene(job: dict) -> dict:
+    """Reset a task env and render its primary view + caption/VQA records. Never raises."""
+    try:
+        from instructvla.sim.multimodal import generate_multimodal_records
+
+        env = _env_for(job["task"], job["camera_size"], ("primary",))
+        seed = int(np.random.default_rng([job["seed"], 1_000_003, job["index"]]).integers(2**31))
+        obs, _ = env.reset(seed=seed)
+        records = generate_multimodal_records(env.unwrapped.scene_graph(), np.random.default_rng([seed, 3]),
+                                              job["split"])
+        return {"index": job["index"], "image": obs["image"], "records": records, "split": job["split"]}
+    except Exception as e:
+        return {"index": job["index"], "error": f"{type(e).__name__}: {e}"}
+
+
+def _dispatch(job: dict) -> dict:
+    return _run_episode(job) if job["kind"] == "episode" else _render_scene(job)
+
+
+# ------------------------------------------------------------------------------------------------ parent side
+def collect(cfg: CollectConfig) -> CollectResult:
+    """Collect `cfg.episodes` expert attempts with `cfg.workers` processes and write the dataset to `cfg.out`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from instructvla.data.lerobot import LeRobotDatasetWriter, VideoConfig, robot_features, write_annotations
+    from instructvla.data.multimodal import MultimodalWriter
+    from instructvla.sim.scene import CONTROL_HZ
+
+    t0 = time.perf_counter()
+    tasks = resolve_tasks(cfg)
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(f"CollectConfig.out: {out} exists and is not empty (pass --overwrite=true)")
+    cams = tuple(cfg.cameras)
+    jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": tasks[i % len(tasks)], "seed": cfg.seed,
+                         "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams,
+                         "annotate": cfg.annotate} for i in range(cfg.episodes)]
+    n_held = round(cfg.multimodal_samples * cfg.heldout_fraction)
+    jobs += [{"kind": "scene", "index": j, "task": tasks[j % len(tasks)], "seed": cfg.seed,
+              "camera_size": cfg.camera_size, "split": "heldout" if j < n_held else "train"}
+             for j in range(cfg.multimodal_samples)]
+    fps = int(CONTROL_HZ) if cfg.fps is None else cfg.fps
+    features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams})
+    kept = failures = errors = frames = n_records = 0
+    first_error = ""
+    annotations: list[dict] = []
+    writer = LeRobotDatasetWriter(out, fps, features, robot_type="tabletop_arm7", video=VideoConfig(codec=cfg.codec),
+                                  overwrite=cfg.overwrite)
+    mm = MultimodalWriter(out / "multimodal") if cfg.multimodal_samples else None
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(cfg.workers, initializer=_worker_init) if cfg.workers > 1 else None
+    try:
+        results = pool.imap(_dispatch, jobs, chunksize=1) if pool else map(_dispatch, jobs)
+        with Progress(TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeRemainingColumn(), transient=False) as progress:
+            bar = progress.add_task("collect", total=len(jobs), info="")
+            for res in results:
+                if "attempt" in res:
+                    if res.get("error"):
+                        errors += 1
+                        first_error = first_error or f"episode {res['attempt']}: {res['error']}"
+                        logger.warning("episode %d errored: %s", res["attempt"], res["error"])
+                    elif not res["success"]:
+                        failures += 1
+                    else:
+                        ep = writer.add_episode(res["frames"], res["instruction"])
+                        kept += 1
+                        frames += res["length"]
+                        if "annotation" in res:
+                            annotations.append({**res["annotation"], "episode_index": ep, "frame_index": 0})
+                elif res.get("error"):
+                    errors += 1
+                    first_error = first_error or f"scene {res['index']}: {res['error']}"
+                    logger.warning("multimodal scene %d errored: %s", res["index"], res["error"])
+                elif mm is not None:
+                    n_records += mm.add(res["image"], res["records"], res["split"])
+                progress.update(bar, advance=1, info=f"kept {kept} failed {failures} errors {errors}")
+    except BaseException:
+        writer._abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        else:
+            _close_envs()
+        if mm is not None:
+            mm.close()
+    if kept == 0:
+        writer._abort()
+        raise RuntimeError(f"no successful episode in {cfg.episodes} attempts ({failures} failed, {errors} errored"
+                           + (f"; first error: {first_error}" if first_error else "") + ")")
+    writer.finalize()
+    if annotations:
+        write_annotations(out, annotations)
+    result = CollectResult(str(out), kept, failures, errors, frames, n_records, time.perf_counter() - t0, first_error)
+    logger.info("collected %d episodes (%d frames) into %s; %d failed, %d errored; %d multimodal records; %.1fs",
+                kept, frames, out, failures, errors, n_records, result.seconds)
+    return result

@@ -1,0 +1,348 @@
+"""Scripted experts: waypoint plans from privileged state, executed through the env's own 7-D delta actions.
+
+The expert is closed-loop: every step it recomputes the delta from the measured gripper pose to the current
+waypoint, so the action it returns is exactly what a policy must output in that state. With `noise_prob > 0` a
+fraction of free-space moves is perturbed before execution while the clean corrective action is what should be
+recorded (`expert.last_clean_action`), which gives recovery data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from instructvla.sim import objects as O
+from instructvla.sim import robot as R
+from instructvla.sim.catalog import CATALOG
+from instructvla.sim.env import MAX_DELTA_POS, MAX_DELTA_ROT, TabletopEnv
+from instructvla.sim.scene import HOME_TCP, forward_mat, top_down_mat
+
+logger = logging.getLogger(__name__)
+
+OPEN, CLOSED = 1.0, 0.0
+TRANSPORT_Z = 0.14  # height of the held object's bottom while moving above the table
+DRAWER_CARRY_Z = 0.37  # ... and above the cabinet when carrying into the (top) drawer
+
+
+@dataclass
+class Waypoint:
+    """Go to `pos` with orientation `mat` and gripper `grip`; then hold `wait` steps. Positions may be callables
+    evaluated when the waypoint becomes active (so they can depend on where the object actually is)."""
+
+    pos: np.ndarray | Callable[[], np.ndarray]
+    mat: np.ndarray
+    grip: float
+    tol: float = 0.008
+    wait: int = 0
+    noisy: bool = False
+    max_steps: int = 45
+    name: str = ""
+
+
+def _grasp_yaw(name: str, obj_mat: np.ndarray) -> float:
+    """Yaw of a top-down grasp: fingers close across the object's narrower horizontal dimension."""
+    spec = CATALOG[name]
+    x_axis = obj_mat[:, 0]
+    theta = float(np.arctan2(x_axis[1], x_axis[0]))
+    if spec.shape in ("sphere", "cylinder", "capsule") or (spec.shape == "ellipsoid" and spec.size[0] == spec.size[1]):
+        return 0.0
+    if spec.shape == "box" and abs(spec.size[0] - spec.size[1]) < 1e-6:  # cube: any face pair, closest to 0
+        period = np.pi / 2
+    else:
+        period = np.pi
+        if spec.size[0] < spec.size[1]:  # narrower along local x: close along x
+            theta += np.pi / 2
+    return float((theta + period / 2) % period - period / 2)
+
+
+def grasp_height(name: str, pos: np.ndarray, surface_z: float) -> float:
+    """TCP height for grasping object `name` whose centre is at `pos` resting on a surface at `surface_z`."""
+    hh = O.object_half_height(CATALOG[name])
+    top = pos[2] + hh
+    return float(max(pos[2], top - 0.028, surface_z + 0.024))
+
+
+class Expert:
+    """A waypoint follower for the env's current task. Call `reset()` after every `env.reset()`."""
+
+    def __init__(self, env: TabletopEnv, noise_prob: float = 0.0, noise_pos: float = 0.012, noise_rot: float = 0.05,
+                 seed: int | None = None):
+        if not 0.0 <= noise_prob <= 1.0:
+            raise ValueError(f"Expert.noise_prob: must be in [0, 1], got {noise_prob}")
+        self.env = env.unwrapped if hasattr(env, "unwrapped") else env
+        self.noise_prob, self.noise_pos, self.noise_rot = noise_prob, noise_pos, noise_rot
+        self._seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.last_clean_action = np.zeros(7)
+        self._last_pick_rot = top_down_mat(0.0)
+        self._grasp_yaw_last = 0.0
+        self._start_xy = np.zeros(2)
+        self.reset(seed)
+
+    # ------------------------------------------------------------------ public
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the previous plan (a new one is built from the current scene on the next `act`)."""
+        self.rng = np.random.default_rng(seed if seed is not None else self._seed)
+        self.plan, self._i, self._held, self._steps_in = [], 0, 0, 0
+        self._cache: dict[str, np.ndarray] = {}
+        self._best_err = np.inf
+        self._stall = 0
+        self._target: np.ndarray | None = None
+        self._planned_for = None
+
+    @property
+    def done(self) -> bool:
+        """All waypoints reached."""
+        return bool(self.plan) and self._i >= len(self.plan)
+
+    def act(self, obs: dict | None = None) -> np.ndarray:
+        """The (7,) action to execute now. `last_clean_action` holds the noise-free one (record that)."""
+        if self._planned_for is not self.env.task:  # a new episode: plan from the current scene
+            self._cache = {}
+            self.plan = self._make_plan()
+            self._planned_for = self.env.task
+            self._i, self._held, self._steps_in, self._target = 0, 0, 0, None
+        clean, noisy_ok = self._clean_action()
+        self.last_clean_action = clean
+        if noisy_ok and self.noise_prob > 0 and self.rng.random() < self.noise_prob:
+            a = clean.copy()
+            a[:3] += self.rng.normal(0, self.noise_pos, 3)
+            a[3:6] += self.rng.normal(0, self.noise_rot, 3)
+            return a
+        return clean
+
+    def act_pair(self, obs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(action to execute, clean action to record)."""
+        a = self.act(obs)
+        return a, self.last_clean_action
+
+    # ------------------------------------------------------------------ execution
+    def _clean_action(self) -> tuple[np.ndarray, bool]:
+        scene = self.env.scene
+        pos, mat = scene.tcp_pose()
+        while self._i < len(self.plan):
+            wp = self.plan[self._i]
+            if self._target is None:
+                self._target = np.asarray(wp.pos() if callable(wp.pos) else wp.pos, dtype=np.float64)
+            err = self._target - pos
+            rot_err = R.rotvec_from_mat(wp.mat @ mat.T)
+            e = float(np.linalg.norm(err))
+            reached = e < wp.tol and np.linalg.norm(rot_err) < 0.05
+            if reached:
+                self._held += 1
+            # blocked (e.g. an object under the gripper): close enough and no progress for 3 steps counts as reached
+            self._stall = 0 if e < self._best_err - 0.002 else self._stall + 1
+            self._best_err = min(self._best_err, e)
+            stalled = self._stall >= 3 and e < 0.03 and np.linalg.norm(rot_err) < 0.1
+            if (reached and self._held > wp.wait) or (stalled and self._held >= wp.wait) or self._steps_in >= wp.max_steps:
+                if not reached:
+                    logger.debug("waypoint %s timed out (err %.3f m)", wp.name, np.linalg.norm(err))
+                self._i, self._held, self._steps_in, self._target = self._i + 1, 0, 0, None
+                self._best_err, self._stall = np.inf, 0
+                continue
+            self._steps_in += 1
+            return self._delta(err, wp.mat, mat, wp.grip), wp.noisy
+        last = self.plan[-1].grip if self.plan else OPEN
+        return np.array([0, 0, 0, 0, 0, 0, last], dtype=np.float64), False
+
+    @staticmethod
+    def _delta(err: np.ndarray, goal: np.ndarray, mat: np.ndarray, grip: float) -> np.ndarray:
+        step = err.copy()
+        m = np.max(np.abs(step))
+        if m > MAX_DELTA_POS:  # keep the direction: straight-line motion
+            step *= MAX_DELTA_POS / m
+        vec = R.rotvec_from_mat(goal @ mat.T)  # geodesic step toward the goal orientation
+        mv = np.max(np.abs(vec))
+        if mv > MAX_DELTA_ROT:
+            vec *= MAX_DELTA_ROT / mv
+        rot = R.euler_from_mat(R.mat_from_rotvec(vec))
+        rot = np.clip(rot, -MAX_DELTA_ROT, MAX_DELTA_ROT)
+        return np.array([*step, *rot, grip], dtype=np.float64)
+
+    # ------------------------------------------------------------------ plans
+    def _make_plan(self) -> list[Waypoint]:
+        task = self.env.task
+        if task is None:
+            raise RuntimeError("Expert.act called before env.reset()")
+        fam, a = task.spec.family, task.args
+        if "target" in a:
+            self._start_xy = self.env.scene.object_pos(a["target"])[:2].copy()
+        if fam == "pick":
+            return self._pick(a["target"], final_lift=0.12)
+        if fam == "place_on":
+            return self._pick(a["target"]) + self._place_at(a["target"], self._plate_spot)
+        if fam == "place_in":
+            return self._pick(a["target"]) + self._place_at(a["target"], self._bowl_spot)
+        if fam == "move_near":
+            pick = self._pick(a["target"])
+            spot = self._near_spot(a["target"])
+            # turn the hand so its long side (the finger axis) is tangent to the reference: no bumping into it
+            u = self.env.scene.object_pos(a["destination"])[:2] - spot[:2]
+            yaw = float(np.arctan2(u[1], u[0]))
+            yaw = float((yaw + np.pi / 2) % np.pi - np.pi / 2)  # the hand is symmetric: stay within +-90 deg
+            return pick + self._place_at(a["target"], self._near_spot, rot=top_down_mat(yaw))
+        if fam == "stack":
+            return self._pick(a["target"]) + self._place_at(a["target"], self._stack_spot)
+        if fam == "open_drawer":
+            return self._drawer(a["drawer"], pull=True)
+        if fam == "close_drawer":
+            return self._drawer(a["drawer"], pull=False)
+        if fam == "drawer_then_place":
+            return (
+                self._drawer(a["drawer"], pull=True, retreat_high=True)
+                + self._pick(a["target"], carry_z=DRAWER_CARRY_Z)
+                + self._place_at(a["target"], self._drawer_spot, transport_z=DRAWER_CARRY_Z, rot=top_down_mat(0.0))
+            )
+        raise ValueError(f"no expert for family {fam!r}")  # pragma: no cover
+
+    def _pick(self, name: str, final_lift: float | None = None, carry_z: float = TRANSPORT_Z) -> list[Waypoint]:
+        scene = self.env.scene
+        p = scene.object_pos(name)
+        surface = p[2] - O.object_half_height(CATALOG[name]) - 0.002
+        yaw = _grasp_yaw(name, scene.object_mat(name))
+        rot = top_down_mat(yaw)
+        gz = grasp_height(name, p, surface)
+        above = np.array([p[0], p[1], max(gz + 0.1, surface + 0.16)])
+        grasp = np.array([p[0], p[1], gz])
+
+        def lift_target() -> np.ndarray:
+            tcp = scene.tcp_pose()[0]
+            if final_lift is not None:
+                return tcp + np.array([0, 0, final_lift])
+            obj = scene.object_pos(name)
+            hh = O.object_half_height(CATALOG[name])
+            rise = max(carry_z + hh - obj[2], 0.06)
+            return tcp + np.array([0, 0, rise])
+
+        self._last_pick_rot, self._grasp_yaw_last = rot, yaw
+        return [
+            Waypoint(above, rot, OPEN, tol=0.012, noisy=True, name="above"),
+            Waypoint(grasp, rot, OPEN, tol=0.006, name="descend"),
+            Waypoint(grasp, rot, CLOSED, tol=0.02, wait=4, name="close"),
+            Waypoint(lift_target, rot, CLOSED, tol=0.015, name="lift"),
+        ]
+
+    def _place_at(self, name: str, spot: Callable[[str], np.ndarray], transport_z: float = TRANSPORT_Z,
+                  rot: np.ndarray | None = None) -> list[Waypoint]:
+        """Carry the held object so that its centre ends at spot(name), release, retreat."""
+        scene = self.env.scene
+        hh = O.object_half_height(CATALOG[name])
+        state: dict[str, np.ndarray] = {}
+
+        def offset() -> np.ndarray:
+            if "off" not in state:
+                state["off"] = scene.tcp_pose()[0] - scene.object_pos(name)
+            return state["off"]
+
+        def carry() -> np.ndarray:
+            s = spot(name)
+            return np.array([s[0], s[1], max(transport_z + hh, s[2] + 0.08)]) + offset()
+
+        def lower() -> np.ndarray:
+            return spot(name) + offset()
+
+        def retreat() -> np.ndarray:
+            return scene.tcp_pose()[0] + np.array([0, 0, 0.08])
+
+        def here() -> np.ndarray:
+            return scene.tcp_pose()[0]
+
+        cur = self._last_pick_rot if rot is None else rot  # default: keep the grasp orientation while carrying
+        return [
+            Waypoint(carry, cur, CLOSED, tol=0.012, noisy=True, name="carry"),
+            Waypoint(lower, cur, CLOSED, tol=0.008, name="lower"),
+            Waypoint(here, cur, OPEN, tol=0.03, wait=3, name="release"),
+            Waypoint(retreat, cur, OPEN, tol=0.02, name="retreat"),
+        ]
+
+    # spots: where the object's centre should end up
+    def _plate_spot(self, name: str) -> np.ndarray:
+        c = self.env.scene.fixture_pos("plate")
+        return np.array([c[0], c[1], 2 * O.PLATE_HALF_H + O.object_half_height(CATALOG[name]) + 0.012])
+
+    def _bowl_spot(self, name: str) -> np.ndarray:
+        c = self.env.scene.fixture_pos("bowl")
+        return np.array([c[0], c[1], 0.008 + O.object_half_height(CATALOG[name]) + 0.015])
+
+    def _near_spot(self, name: str) -> np.ndarray:
+        """Beside the reference, on the side the target came from if free, else the nearest free direction."""
+        if "near" in self._cache:
+            return self._cache["near"]
+        scene, task = self.env.scene, self.env.task
+        ref = task.args["destination"]
+        pr = scene.object_pos(ref)[:2]
+        r_t = O.object_radius(CATALOG[name])
+        d0 = self._start_xy - pr
+        a0 = float(np.arctan2(d0[1], d0[0]))
+        dist = r_t + O.object_radius(CATALOG[ref]) + 0.02
+        others = [(scene.object_pos(n)[:2], O.object_radius(CATALOG[n])) for n in scene.active if n not in (name, ref)]
+        lay = scene.layout
+        for fx, rad in (("plate", O.PLATE_RADIUS), ("bowl", O.BOWL_RADIUS)):
+            if getattr(lay, fx) is not None:
+                others.append((scene.fixture_pos(fx)[:2], rad))
+        best, best_clear = None, -np.inf
+        for k in range(12):
+            a = a0 + (k + 1) // 2 * (np.pi / 6) * (1 if k % 2 else -1)
+            u = np.array([np.cos(a), np.sin(a)])
+            xy = pr + dist * u
+            perp = np.array([-u[1], u[0]])
+            clear = min([np.linalg.norm(xy - p) - r - r_t for p, r in others] or [1.0])
+            for p, r in others:  # the hand's long side spans +-0.1 m across the approach direction
+                t = float(np.clip((p - xy) @ perp, -0.1, 0.1))
+                clear = min(clear, float(np.linalg.norm(p - (xy + t * perp))) - r - 0.025)
+            in_ws = -0.25 < xy[0] < 0.13 and -0.3 < xy[1] < 0.3
+            if in_ws and clear > 0.015:
+                best = xy
+                break
+            if in_ws and clear > best_clear:
+                best, best_clear = xy, clear
+        out = np.array([best[0], best[1], O.object_half_height(CATALOG[name]) + 0.01])
+        self._cache["near"] = out
+        return out
+
+    def _stack_spot(self, name: str) -> np.ndarray:
+        b = self.env.task.args["destination"]
+        pb = self.env.scene.object_pos(b)
+        return pb + np.array([0, 0, CATALOG[b].size[2] + CATALOG[name].size[2] + 0.008])
+
+    def _drawer_spot(self, name: str) -> np.ndarray:
+        scene, drawer = self.env.scene, self.env.task.args["drawer"]
+        db = scene.drawer_body[drawer]
+        geo = O.drawer_geometry(O.DRAWER_NAMES.index(drawer))
+        opening = scene.drawer_opening(drawer)
+        local_x = min((0.012 + opening) / 2 + 0.01, geo.inner_center_x)
+        local = np.array([local_x, 0.0, geo.floor_z + O.object_half_height(CATALOG[name]) + 0.015])
+        return scene.data.xpos[db] + scene.data.xmat[db].reshape(3, 3) @ local
+
+    def _drawer(self, drawer: str, pull: bool, retreat_high: bool = False) -> list[Waypoint]:
+        scene = self.env.scene
+        h = scene.handle_pos(drawer)
+        rot = forward_mat(0.0)
+        opening = scene.drawer_opening(drawer)
+        pre = h + np.array([-0.10, 0, 0])
+        grasp = h + np.array([0.008, 0, 0])
+        if pull:
+            end = grasp + np.array([-(0.165 - opening), 0, 0])
+        else:
+            end = grasp + np.array([opening + 0.004, 0, 0])
+        plan = [
+            Waypoint(np.array([pre[0] - 0.05, pre[1], max(pre[2], 0.12)]), rot, OPEN, tol=0.02, noisy=True, name="to cabinet"),
+            Waypoint(pre, rot, OPEN, tol=0.008, noisy=True, name="pre-handle"),
+            Waypoint(grasp, rot, OPEN, tol=0.005, name="to handle"),
+            Waypoint(grasp, rot, CLOSED, tol=0.02, wait=4, name="grip handle"),
+            Waypoint(end, rot, CLOSED, tol=0.01, name="pull" if pull else "push"),
+            Waypoint(end, rot, OPEN, tol=0.03, wait=2, name="let go"),
+            Waypoint(lambda: scene.tcp_pose()[0] + np.array([-0.07, 0, 0]), rot, OPEN, tol=0.015, name="back off"),
+        ]
+        if retreat_high:
+            plan.append(Waypoint(lambda: np.array([HOME_TCP[0], 0.0, 0.3]), top_down_mat(0.0), OPEN, tol=0.02,
+                                 noisy=True, name="reorient"))
+        return plan
+
+
+def make_expert(env, noise_prob: float = 0.0, seed: int | None = None) -> Expert:
+    """The scripted expert for `env`'s task (call `expert.reset()` after each `env.reset()`)."""
+    return Expert(env, noise_prob=noise_prob, seed=seed)
