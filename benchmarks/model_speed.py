@@ -196,10 +196,11 @@ def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batc
     model.set_trainable(2)
     model.train()
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-5)
+    dgen = torch.Generator(device=device)  # the action expert draws its training noise on the model's device
 
     def ours_step() -> None:
         with amp():
-            loss = model(tb, generator=gen.manual_seed(0))["loss"]
+            loss = model(tb, generator=dgen.manual_seed(0))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -219,7 +220,7 @@ def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batc
             sel = labels[:, 1:] != -100
             lm = torch.nn.functional.cross_entropy(out.logits[:, :-1][sel].float(), labels[:, 1:][sel])
             lat = torch.gather(hidden, 1, q[..., None].expand(-1, -1, hidden.shape[-1]))
-            fm = model.action_expert.loss(lat, tb["dino_images"], None, tb["actions"], generator=gen.manual_seed(0))
+            fm = model.action_expert.loss(lat, tb["dino_images"], None, tb["actions"], generator=dgen.manual_seed(0))
             loss = fm + lm
         xopt.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,7 +29,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from instructvla.serve.client import ServerError, WebsocketPolicyClient
-from instructvla.serve.protocol import pack
+from instructvla.serve.protocol import ProtocolError, RequestSpec, pack, unpack, validate_request
 
 
 # --------------------------------------------------------------------------------------------------- server process
@@ -74,7 +74,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 # ----------------------------------------------------------------------------------------------------------- load
 def _load_phase(url: str, n_clients: int, duration_s: float, image_size: int) -> dict:
-    results: list[list[tuple[float, float]]] = [[] for _ in range(n_clients)]
+    results: list[list[tuple[float, float, float]]] = [[] for _ in range(n_clients)]
     errors: list[str] = []
     start = threading.Barrier(n_clients)
 
@@ -88,7 +88,8 @@ def _load_phase(url: str, n_clients: int, duration_s: float, image_size: int) ->
                     t = time.perf_counter()
                     reply = client.infer(obs)
                     rtt = (time.perf_counter() - t) * 1e3
-                    results[i].append((rtt, float(reply["server_timing"]["infer_ms"])))
+                    st = reply["server_timing"]
+                    results[i].append((rtt, float(st["infer_ms"]), float(st["server_ms"])))
         except Exception as e:  # reported, makes the run fail
             errors.append(f"client {i}: {type(e).__name__}: {e}")
 
@@ -102,6 +103,7 @@ def _load_phase(url: str, n_clients: int, duration_s: float, image_size: int) ->
     flat = [r for rs in results for r in rs]
     rtts = [r[0] for r in flat]
     overhead = [r[0] - r[1] for r in flat]
+    in_server = [r[2] - r[1] for r in flat]  # receive -> reply packed, minus Policy.infer (includes queueing)
     return {
         "clients": n_clients,
         "requests": len(flat),
@@ -111,6 +113,7 @@ def _load_phase(url: str, n_clients: int, duration_s: float, image_size: int) ->
         "rtt_p99_ms": _pct(rtts, 99),
         "overhead_p50_ms": _pct(overhead, 50),
         "overhead_p99_ms": _pct(overhead, 99),
+        "in_server_overhead_p50_ms": _pct(in_server, 50),
         "client_errors": errors,
     }
 
@@ -181,11 +184,24 @@ def _raw_ndarray_lie(rng: random.Random) -> bytes:
     return msgpack.packb({"observation/image": arr, "prompt": "p"}, use_bin_type=True)
 
 
-def _fuzz_messages(base: dict, n: int, max_message_bytes: int, seed: int) -> list[tuple[str, Any]]:
+def _is_valid(frame: Any, spec: RequestSpec) -> bool:
+    try:
+        validate_request(unpack(frame), spec)
+        return True
+    except ProtocolError:
+        return False
+
+
+def _fuzz_messages(base: dict, n: int, max_message_bytes: int, seed: int, spec: RequestSpec,
+                   probe_every: int) -> list[tuple[str, Any]]:
+    """n malformed messages (a mutation that happens to stay valid is redrawn) plus a valid probe every
+    `probe_every` messages, which must be answered normally."""
     rng = random.Random(seed)
     valid = pack(base)
     msgs: list[tuple[str, Any]] = []
-    for _ in range(n):
+    while len(msgs) < n:
+        if msgs and len(msgs) % probe_every == 0 and msgs[-1][0] != "valid_probe":
+            msgs.append(("valid_probe", valid))
         r = rng.random()
         if r < 0.25:
             msgs.append(("random_bytes", bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))))
@@ -215,18 +231,21 @@ def _fuzz_messages(base: dict, n: int, max_message_bytes: int, seed: int) -> lis
             msgs.append(("text_frame", "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(50)))))
         else:
             msgs.append(("deep_nesting", b"\x91" * rng.randrange(100, 200_000) + b"\xc0"))
+        if msgs[-1][0] != "valid_probe" and _is_valid(msgs[-1][1], spec):
+            msgs.pop()  # the mutation left it valid: draw again
     # oversized: above the soft limit (error frame) and above the hard limit (connection closed with 1009)
-    msgs.append(("oversized_soft", b"\x00" * (max_message_bytes + 1)))
-    msgs.append(("oversized_soft", pack({**base, "prompt": "x" * (max_message_bytes + 10)})))
-    msgs.append(("oversized_hard", b"\x00" * (4 * max_message_bytes + 1)))
-    rng.shuffle(msgs)
+    for item in (("oversized_soft", b"\x00" * (max_message_bytes + 1)),
+                 ("oversized_soft", pack({**base, "prompt": "x" * (max_message_bytes + 10)})),
+                 ("oversized_hard", b"\x00" * (4 * max_message_bytes + 1))):
+        msgs.insert(rng.randrange(len(msgs) + 1), item)
     return msgs
 
 
-def _fuzz_phase(url: str, port: int, base: dict, n: int, max_message_bytes: int, seed: int) -> dict:
-    msgs = _fuzz_messages(base, n, max_message_bytes, seed)
-    counts: dict[str, int] = {"error_frames": 0, "valid_replies": 0, "expected_closes": 0, "unexpected_closes": 0,
-                              "no_reply": 0}
+def _fuzz_phase(url: str, port: int, base: dict, n: int, max_message_bytes: int, seed: int, spec: RequestSpec,
+                probe_every: int = 250) -> dict:
+    msgs = _fuzz_messages(base, n, max_message_bytes, seed, spec, probe_every)
+    counts: dict[str, int] = {"error_frames": 0, "probe_ok": 0, "probe_failed": 0, "unexpected_valid_replies": 0,
+                              "expected_closes": 0, "unexpected_closes": 0, "no_reply": 0}
     kinds: dict[str, int] = {}
     client = WebsocketPolicyClient(url, reply_timeout_s=60)
     t0 = time.perf_counter()
@@ -234,12 +253,14 @@ def _fuzz_phase(url: str, port: int, base: dict, n: int, max_message_bytes: int,
         kinds[kind] = kinds.get(kind, 0) + 1
         try:
             reply = client.send_raw(frame)
-            if isinstance(reply, str):
+            if kind == "valid_probe":
+                counts["probe_ok" if isinstance(reply, bytes) else "probe_failed"] += 1
+            elif isinstance(reply, str) and ": " in reply:
                 counts["error_frames"] += 1
-                if ": " not in reply:
-                    counts["no_reply"] += 1
+            elif isinstance(reply, str):
+                counts["no_reply"] += 1  # an error frame without a code
             else:
-                counts["valid_replies"] += 1
+                counts["unexpected_valid_replies"] += 1
         except ConnectionClosed as e:
             key = "expected_closes" if kind == "oversized_hard" and e.rcvd and e.rcvd.code == 1009 else \
                 "unexpected_closes"
@@ -291,13 +312,17 @@ def main() -> None:
     base = _valid_obs(meta, 16, np.random.default_rng(123))
     single = _load_phase(url, 1, args.duration, args.image_size)
     multi = _load_phase(url, args.clients, args.duration, args.image_size) if args.clients > 1 else single
-    fuzz = _fuzz_phase(url, info["port"], base, args.fuzz, args.max_message_bytes, args.seed) if args.fuzz else None
+    spec = RequestSpec(wrist_camera="observation/wrist_image" in meta["cameras"],
+                       state_dim=meta["state"]["dim"] if meta.get("state") else None)
+    fuzz = (_fuzz_phase(url, info["port"], base, args.fuzz, args.max_message_bytes, args.seed, spec)
+            if args.fuzz else None)
 
     alive_after = proc.is_alive()
     parent.send("stop")
     final = parent.recv() if parent.poll(60) else {}
     proc.join(60)
-    crashes = 0 if alive_after and (fuzz is None or (fuzz["healthy_after"] and fuzz["serves_after"])) else 1
+    crashes = 0 if alive_after and (fuzz is None or (fuzz["healthy_after"] and fuzz["serves_after"]
+                                                     and fuzz["unexpected_closes"] == 0)) else 1
 
     print(f"{'phase':<22}{'clients':>8}{'req':>8}{'req/s':>9}{'rtt p50':>10}{'rtt p99':>10}{'ovh p50':>10}"
           f"{'ovh p99':>10}")
@@ -306,10 +331,12 @@ def main() -> None:
               f"{r['rtt_p99_ms']:>10.2f}{r['overhead_p50_ms']:>10.2f}{r['overhead_p99_ms']:>10.2f}")
     print(f"Policy.infer alone: p50 {statistics.median(infer_ms):.2f} ms, p99 {_pct(infer_ms, 99):.2f} ms "
           f"(image {args.image_size}px, random tiny policy)")
-    print(f"server overhead p50 at 1 client: {single['overhead_p50_ms']:.2f} ms (target <= 2 ms)")
+    print(f"server overhead p50 at 1 client: {single['overhead_p50_ms']:.2f} ms round trip - Policy.infer "
+          f"(target <= 2 ms); inside the server process: {single['in_server_overhead_p50_ms']:.2f} ms")
     if fuzz:
         print(f"fuzz: {fuzz['messages']} messages in {fuzz['fuzz_s']:.1f} s -> {fuzz['error_frames']} error frames, "
-              f"{fuzz['valid_replies']} valid replies, {fuzz['expected_closes']} expected closes (over hard limit), "
+              f"{fuzz['unexpected_valid_replies']} unexpected valid replies, valid probes ok/failed "
+              f"{fuzz['probe_ok']}/{fuzz['probe_failed']}, {fuzz['expected_closes']} expected closes (over hard limit), "
               f"{fuzz['unexpected_closes']} unexpected closes, {fuzz['no_reply']} unanswered; "
               f"healthy after: {fuzz['healthy_after']}, serves after: {fuzz['serves_after']}; crashes: {crashes}")
     for r in (single, multi):

@@ -211,6 +211,7 @@ class Policy:
             "reasoning_every": cfg.reasoning_every,
             "ensemble": {"enabled": cfg.ensemble, "horizon": cfg.ensemble_horizon, "alpha": cfg.ensemble_alpha},
             "latent_cache_every": cfg.latent_cache_every,
+            "center_crop_area": cfg.center_crop_area,
             "modes": ["act", "chat"],
             "options": dict(OPTION_DOC),
         }

@@ -118,6 +118,8 @@ def test_evaluate_policy_end_to_end_tiny(tmp_path):
     s = res["suites"][str(suite)]
     assert set(s["splits"]) == {"seen", "heldout"} and len(s["episodes"]) == 2
     assert all(e["steps"] <= 3 for e in s["episodes"])
+    seen, held = sorted(s["episodes"], key=lambda e: e["split"] != "seen")
+    assert seen["seed"] == held["seed"] and seen["instruction"] != held["instruction"]  # same scene, other template
     assert res["policy_config"]["ensemble"] is True and res["policy_config"]["ensemble_horizon"] == 8
     assert len(res["videos"]) == 2
     saved = json.loads((tmp_path / "out" / "results.json").read_text())

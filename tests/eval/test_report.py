@@ -27,7 +27,8 @@ def _results(tmp_path, name, rate, n_videos=2, reply=None):
     for i in range(n_videos):
         p = encode_video(_frames(color=(30 * i, 200, 90)), tmp_path / name / "videos" / f"ep{i}", fps=5)
         vids.append({"suite": "instruct", "task_id": f"pick_apple_{i}", "seed": i, "success": i % 2 == 0,
-                     "instruction": EVIL, "reply": reply, "path": str(p.relative_to(tmp_path / name))})
+                     "instruction": EVIL, "reply": reply, "path": str(p.relative_to(tmp_path / name)),
+                     "replies": [[0, reply], [20, "then <place> it"]] if reply else []})
     return {
         "name": name, "policy": f"/ckpt/{name}", "config": {"suite": "instruct", "think": reply is not None},
         "root": str(tmp_path / name),
@@ -66,6 +67,7 @@ def test_report_content_escaped_and_media(tmp_path):
     assert "<script>alert(1)</script>" not in page
     assert html_escaped(EVIL) in page
     assert "I will &lt;pick&gt; the apple &amp; go" in page
+    assert "step 20: then &lt;place&gt; it" in page and page.count("1 later replies") == 3
     assert "tidy&lt;&amp;&gt;" in page and "How many &lt;cubes&gt;?" in page
     assert page.count("<video") + page.count('<img class="rollout"') == 5  # one per rollout given
     assert len(re.findall(r'<img class="plot"', page)) == 2  # one suite plot + one VQA plot
@@ -120,7 +122,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert 'data-state="error"' not in dom
 
     shot = tmp_path / "shot.png"
-    _chromium([f"--screenshot={shot}", "--window-size=1200,1600", "--virtual-time-budget=5000", url], tmp_path)
+    _chromium([f"--screenshot={shot}", "--window-size=1200,2400", "--virtual-time-budget=5000", url], tmp_path)
     assert shot.is_file(), "Chromium wrote no screenshot"
     from PIL import Image
 
@@ -131,3 +133,29 @@ def test_report_renders_in_headless_chromium(tmp_path):
     keep = os.environ.get("INSTRUCTVLA_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_encode_video_fallbacks(tmp_path, monkeypatch):
+    """Without H.264, VP9 webm; without any video encoder, an animated GIF (shown as <img>)."""
+    import av
+
+    from instructvla.eval import report
+
+    vp9 = [c for c in report._video_codecs() if c[0] == "libvpx-vp9"]
+    if vp9:
+        monkeypatch.setattr(report, "_video_codecs", lambda: vp9)
+        p = encode_video(_frames(), tmp_path / "a", fps=5)
+        assert p.suffix == ".webm"
+        with av.open(str(p)) as c:
+            assert len(list(c.decode(video=0))) == 6
+    monkeypatch.setattr(report, "_video_codecs", lambda: [])
+    p = encode_video(_frames(), tmp_path / "b", fps=5)
+    assert p.suffix == ".gif"
+    from PIL import Image
+
+    with Image.open(p) as im:
+        assert im.n_frames == 6
+    res = _results(tmp_path, "gif", 0.5, n_videos=0)
+    res["videos"] = [{"suite": "s", "task_id": "t", "seed": 0, "success": True, "instruction": "x", "path": str(p)}]
+    page = render_report([res])
+    assert page.count('<img class="rollout"') == 1 and "data:image/gif;base64," in page

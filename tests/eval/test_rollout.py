@@ -94,3 +94,27 @@ def test_run_jobs_in_process_with_video(policy, task, tmp_path):
     with pytest.raises(ValueError, match="policy_dir"):
         list(run_jobs(jobs, rc, workers=2))
     assert dataclasses.asdict(rc)["execution"] == "ensemble"
+
+
+def test_wrist_camera_and_state_policy(task):
+    """A policy with a wrist view and proprio state gets both from the env (and nothing it does not take)."""
+    from instructvla.model.vla import InstructVLA
+    from instructvla.policy import Policy, identity_stats
+    from instructvla.sim.suites import make_task_env
+
+    model = InstructVLA.from_preset("tiny", action_expert_overrides={"num_views": 2, "use_state": True}).eval()
+    model.norm_stats = identity_stats(7, 8)
+    rc = RolloutConfig(execution="open_loop", open_loop_k=2, max_steps=3)
+    pol = Policy(model, make_policy_config(rc))
+    env = make_task_env(task, camera_size=64, cameras=("primary", "wrist"))
+    try:
+        r = run_episode(pol, env, seed=1, cfg=rc)
+        assert r.steps == 3 and r.policy_calls == 2
+    finally:
+        env.close()
+    env = make_task_env(task, camera_size=64, cameras=("primary",))
+    try:
+        with pytest.raises(ValueError, match="wrist camera"):
+            run_episode(pol, env, seed=1, cfg=rc)
+    finally:
+        env.close()

@@ -20,7 +20,9 @@ def make_cfg(**overrides: object) -> ActionExpertConfig:
     return ActionExpertConfig.preset("tiny", LATENT_DIM, **{**base, **overrides})
 
 
-def make_inputs(cfg: ActionExpertConfig, batch: int = 2, n_latent: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    cfg: ActionExpertConfig, batch: int = 2, n_latent: int = 5, seed: int = 0
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = {
         "latents": torch.randn(batch, n_latent, cfg.latent_dim, generator=g),
@@ -179,7 +181,9 @@ def test_cached_equals_uncached_with_hard_mask(num_views: int, use_state: bool) 
     x, t = torch.randn(3, cfg.chunk_size, cfg.action_dim), torch.rand(3)
     with torch.no_grad():
         prefix = model.encode_prefix(**inp)
-        torch.testing.assert_close(model.velocity(prefix, x, t), model(**inp, noisy_actions=x, t=t), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.velocity(prefix, x, t), model(**inp, noisy_actions=x, t=t), rtol=1e-5, atol=1e-5
+        )
     cached = model.sample(**inp, generator=torch.Generator().manual_seed(7), use_cache=True)
     full = model.sample(**inp, generator=torch.Generator().manual_seed(7), use_cache=False)
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
@@ -308,7 +312,9 @@ def test_overfits_one_fixed_batch() -> None:
     cfg = make_cfg(vision_num_layers=1)
     model = ActionExpert(cfg).train()
     inp = make_inputs(cfg, batch=8, n_latent=4)
-    actions = torch.rand(8, cfg.chunk_size, cfg.action_dim, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    actions = (
+        torch.rand(8, cfg.chunk_size, cfg.action_dim, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(150):
@@ -325,8 +331,12 @@ def test_load_vision_weights(tmp_path) -> None:  # noqa: ANN001
 
     cfg = make_cfg()
     src_cfg = Dinov2WithRegistersConfig(
-        hidden_size=cfg.vision_hidden_size, num_hidden_layers=3, num_attention_heads=cfg.vision_num_heads,
-        mlp_ratio=cfg.vision_mlp_ratio, patch_size=cfg.vision_patch_size, image_size=48,
+        hidden_size=cfg.vision_hidden_size,
+        num_hidden_layers=3,
+        num_attention_heads=cfg.vision_num_heads,
+        mlp_ratio=cfg.vision_mlp_ratio,
+        patch_size=cfg.vision_patch_size,
+        image_size=48,
         num_register_tokens=cfg.vision_num_registers,
     )
     torch.manual_seed(5)
@@ -336,8 +346,12 @@ def test_load_vision_weights(tmp_path) -> None:  # noqa: ANN001
     model.load_vision_weights(str(tmp_path / "dino"))
     ours = model.vision.dino.state_dict()
     theirs = src.state_dict()
-    for key in ("encoder.layer.1.attention.q_proj.weight", "embeddings.patch_embeddings.projection.weight",
-                "layernorm.weight", "embeddings.register_tokens"):
+    for key in (
+        "encoder.layer.1.attention.q_proj.weight",
+        "embeddings.patch_embeddings.projection.weight",
+        "layernorm.weight",
+        "embeddings.register_tokens",
+    ):
         assert torch.equal(ours[key], theirs[key]), key
     # 6x6 -> 4x4 patch grid: position embeddings were resampled
     assert ours["embeddings.position_embeddings"].shape == (1, 1 + 16, cfg.vision_hidden_size)
@@ -353,10 +367,12 @@ def test_learns_conditional_chunks_with_fresh_noise() -> None:
     torch.manual_seed(0)
     model = ActionExpert(cfg).train()
     inp = make_inputs(cfg, batch=4, n_latent=4)
-    actions = torch.rand(4, cfg.chunk_size, cfg.action_dim, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    actions = (
+        torch.rand(4, cfg.chunk_size, cfg.action_dim, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(1500):
+    for _ in range(1200):
         idx = torch.randint(0, 4, (16,), generator=gen)
         loss = model.loss(inp["latents"][idx], inp["images"][idx], None, actions[idx], generator=gen)
         opt.zero_grad()
@@ -367,3 +383,22 @@ def test_learns_conditional_chunks_with_fresh_noise() -> None:
     mse = float((sampled - actions).pow(2).mean())
     constant_mse = float((actions.mean(0, keepdim=True) - actions).pow(2).mean())
     assert mse < 0.75 * constant_mse, (mse, constant_mse)
+
+
+def test_gradient_checkpointing_gives_same_gradients() -> None:
+    cfg = make_cfg(num_views=2, use_state=True)
+    model = ActionExpert(cfg).train()
+    inp = make_inputs(cfg)
+    actions = torch.rand(2, cfg.chunk_size, cfg.action_dim)
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.loss(**inp, actions=actions, generator=torch.Generator().manual_seed(0)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_gradient_checkpointing(True)
+    ckpt = grads()
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -32,7 +32,10 @@ def test_interpolation_endpoints() -> None:
 
 def test_target_is_time_derivative_of_path() -> None:
     g = torch.Generator().manual_seed(1)
-    x0, x1 = torch.randn(3, 5, 7, generator=g, dtype=torch.float64), torch.randn(3, 5, 7, generator=g, dtype=torch.float64)
+    x0, x1 = (
+        torch.randn(3, 5, 7, generator=g, dtype=torch.float64),
+        torch.randn(3, 5, 7, generator=g, dtype=torch.float64),
+    )
     t, eps = torch.full((3,), 0.3, dtype=torch.float64), 1e-6
     fd = (interpolate(x0, x1, t + eps, 0.001) - interpolate(x0, x1, t - eps, 0.001)) / (2 * eps)
     torch.testing.assert_close(fd, target_velocity(x0, x1, 0.001))

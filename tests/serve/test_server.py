@@ -255,3 +255,22 @@ def test_chat_mode_over_the_wire(server, tmp_path, capsys):
         ChatConfig(image=str(tmp_path / "scene.png"))
     with pytest.raises(ValueError, match="not a file"):
         ChatConfig(random_tiny=True, image=str(tmp_path / "missing.png"))
+
+
+def test_shutdown_drains_in_flight_request(policy):
+    srv = PolicyServer(policy, host="127.0.0.1", port=0, shutdown_grace_s=30)
+    st = ServerThread(srv).start()
+    client = WebsocketPolicyClient(st.url)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("reply", client.infer(GOOD)))
+    t.start()
+    deadline = time.time() + 30
+    while srv._inflight == 0 and t.is_alive() and time.time() < deadline:
+        time.sleep(0.0005)
+    st.stop()
+    t.join(30)
+    assert result["reply"]["actions"].shape == (16, 7)  # answered before the connection closed
+    with pytest.raises(ConnectionClosed) as info:
+        client.infer(GOOD)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    assert info.value.rcvd.reason == "server shutting down"

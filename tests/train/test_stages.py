@@ -134,3 +134,14 @@ def test_mismatches_are_clear_errors(stage1_dir, data, tmp_path):
     (broken / "normalization.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="6 dims"):
         build_parts(_cfg(tmp_path, stage=2, dataset=data["robot"], multimodal=data["mm"], init=str(broken)), ONE)
+
+
+def test_real_model_resume_gives_the_same_loss_curve(data, tmp_path):
+    def run(out, steps, resume=False):
+        cfg = _cfg(out, stage=1, dataset=data["robot"], steps=steps, save_every=2, resume=resume, augment=True)
+        run_training(cfg, build_parts(cfg, ONE), ONE)
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    full = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    assert run(tmp_path / "b", 4, resume=True) == full

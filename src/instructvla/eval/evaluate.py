@@ -308,7 +308,8 @@ def evaluate_policy(cfg: EvalConfig, policy: Any = None, progress: bool = True) 
                                         "steps_per_s": steps / seconds if seconds > 0 else None}
             results["videos"] += [
                 {"suite": suite, "task_id": e["task_id"], "split": e["split"], "seed": e["seed"],
-                 "success": e["success"], "instruction": e["instruction"], "reply": e["reply"], "path": e["video"]}
+                 "success": e["success"], "instruction": e["instruction"], "reply": e["reply"],
+                 "replies": e.get("replies", []), "steps": e["steps"], "path": e["video"]}
                 for e in episodes if e.get("video")]
     save_results(results, out)
     write_report([results, *[load_results(c) for c in cfg.compare]], out / REPORT_FILE,

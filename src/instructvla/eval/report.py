@@ -9,7 +9,7 @@ side, e.g. Expert vs Generalist). Schema, as far as the report reads it:
                         "tasks": [{"task_id", "category", "split", "episodes", "successes", "success_rate"}, ...]}},
      "vqa": {"split": str, "overall": {metric: float}, "by_kind": {kind: {metric: float}},
              "examples": [{"kind", "question", "answer", "prediction", "image_png_b64"?}]} (optional),
-     "videos": [{"suite", "task_id", "seed", "success", "instruction", "reply", "path"}] (optional)}
+     "videos": [{"suite", "task_id", "seed", "success", "instruction", "reply", "replies"?, "path"}] (optional)}
 
 Plots are matplotlib PNGs and videos are H.264 mp4 (yuv420p; VP9 webm, then animated GIF, when the encoder is
 missing), all embedded as base64 data URIs, so the file opens straight from disk in any browser. All text is
@@ -317,6 +317,14 @@ def _video_tag(path: Path, alt: str) -> str:
             f'aria-label="{_esc(alt)}" src="{uri}"></video>')
 
 
+def _later_replies(replies: list) -> str:
+    """Replies regenerated later in the episode (thinking mode), after the first one."""
+    if len(replies) < 2:
+        return ""
+    items = "".join(f"<li>step {_esc(step)}: {_esc(text)}</li>" for step, text in replies[1:])
+    return f'<details class="reply"><summary>{len(replies) - 1} later replies</summary><ul>{items}</ul></details>'
+
+
 def _videos_section(results: list[dict], names: list[str]) -> str:
     blocks = []
     for n, r in zip(names, results):
@@ -337,6 +345,7 @@ def _videos_section(results: list[dict], names: list[str]) -> str:
                 f'seed {_esc(v.get("seed", ""))}</div>'
                 f'<div class="instr"><b>instruction:</b> {_esc(v.get("instruction", ""))}</div>'
                 + (f'<div class="reply"><b>model reply:</b> {_esc(reply)}</div>' if reply else "")
+                + _later_replies(v.get("replies") or [])
                 + "</div>")
         blocks.append(f"<h3>{_esc(n)}</h3><div class='gallery'>{''.join(cards)}</div>")
     if not blocks:

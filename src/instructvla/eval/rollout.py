@@ -239,7 +239,8 @@ class _Runner:
         self._env: Any = None
 
     def env_for(self, job: EpisodeJob) -> Any:
-        key = (job.meta.get("suite"), job.meta.get("task_id"), repr(sorted(job.env_kwargs.items())))
+        # the whole task (split included: seen / held-out envs render different templates) and the env options
+        key = (job.meta.get("suite"), repr(job.task), job.make_env, repr(sorted(job.env_kwargs.items())))
         if key != self._env_key:
             self.close()
             self._env = job.make_env(job.task, **job.env_kwargs)

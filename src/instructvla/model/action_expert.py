@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from instructvla.model.flow import (
     ATTENTION_KINDS,
@@ -86,20 +87,37 @@ class ActionExpertConfig:
     vision_dropout: float = 0.0
     vision_drop_path_rate: float = 0.0
     loss_ignore_padding: bool = False
-    head_widths: list[int] = field(default_factory=list)  # empty = scale method.md's 12288->3072->1536->384 ratios
+    head_widths: list[int] = field(
+        default_factory=list
+    )  # empty = scale method.md's 12288->3072->1536->384 ratios
 
     def __post_init__(self) -> None:
         positive = (
-            "latent_dim", "hidden_size", "num_layers", "num_heads", "intermediate_size", "chunk_size", "action_dim",
-            "state_dim", "num_views", "image_size", "vision_hidden_size", "vision_num_layers", "vision_num_heads",
-            "vision_patch_size", "vision_mlp_ratio", "num_inference_steps",
+            "latent_dim",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "chunk_size",
+            "action_dim",
+            "state_dim",
+            "num_views",
+            "image_size",
+            "vision_hidden_size",
+            "vision_num_layers",
+            "vision_num_heads",
+            "vision_patch_size",
+            "vision_mlp_ratio",
+            "num_inference_steps",
         )
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ActionExpertConfig.{name} must be a positive int, got {value!r}")
         if self.vision_num_registers < 0:
-            raise ValueError(f"ActionExpertConfig.vision_num_registers must be >= 0, got {self.vision_num_registers}")
+            raise ValueError(
+                f"ActionExpertConfig.vision_num_registers must be >= 0, got {self.vision_num_registers}"
+            )
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(
                 f"ActionExpertConfig.hidden_size ({self.hidden_size}) must split into num_heads ({self.num_heads}) "
@@ -127,12 +145,16 @@ class ActionExpertConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"ActionExpertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"ActionExpertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         for name in ("attention_dropout", "vision_dropout", "vision_drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ActionExpertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.center_crop_ratio <= 1.0:
-            raise ValueError(f"ActionExpertConfig.center_crop_ratio must be in (0, 1], got {self.center_crop_ratio}")
+            raise ValueError(
+                f"ActionExpertConfig.center_crop_ratio must be in (0, 1], got {self.center_crop_ratio}"
+            )
         if not 0.0 <= self.sigma_min < 1.0:
             raise ValueError(f"ActionExpertConfig.sigma_min must be in [0, 1), got {self.sigma_min}")
         for name in ("time_max_period", "rope_theta", "rms_norm_eps"):
@@ -192,14 +214,30 @@ class ActionExpertConfig:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, image_size=64,
-        vision_hidden_size=64, vision_num_layers=2, vision_num_heads=2, vision_patch_size=8,
-        vision_num_registers=4, vision_mlp_ratio=2,
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=256,
+        image_size=64,
+        vision_hidden_size=64,
+        vision_num_layers=2,
+        vision_num_heads=2,
+        vision_patch_size=8,
+        vision_num_registers=4,
+        vision_mlp_ratio=2,
     ),
     "small": dict(
-        hidden_size=128, num_layers=4, num_heads=4, intermediate_size=384, image_size=112,
-        vision_hidden_size=128, vision_num_layers=4, vision_num_heads=4, vision_patch_size=14,
-        vision_num_registers=4, vision_mlp_ratio=2,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        intermediate_size=384,
+        image_size=112,
+        vision_hidden_size=128,
+        vision_num_layers=4,
+        vision_num_heads=4,
+        vision_patch_size=14,
+        vision_num_registers=4,
+        vision_mlp_ratio=2,
     ),
     "base": dict(attention_dropout=0.1),
 }
@@ -247,8 +285,12 @@ class _RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def _rope(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+def _rope(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    )
     freqs = positions.float()[:, None] * inv_freq[None]
     emb = torch.cat([freqs, freqs], dim=-1)  # (L, head_dim)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -281,8 +323,10 @@ class _Attention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
-        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for p in
-                   (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         if mask is not None and mask.dtype != q.dtype:
@@ -307,7 +351,14 @@ class _DecoderLayer(nn.Module):
             }
         )
 
-    def forward(self, x, cos, sin, mask, past):  # noqa: ANN001, ANN201 - internal
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
         x = x + attn
         h = self.post_attention_layernorm(x)
@@ -322,6 +373,7 @@ class _Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList([_DecoderLayer(cfg) for _ in range(cfg.num_layers)])
+        self.gradient_checkpointing = False
         self.norm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
@@ -336,7 +388,10 @@ class _Transformer(nn.Module):
         keys, values = [], []
         for i, layer in enumerate(self.layers):
             layer_past = None if past is None else (past[0][i], past[1][i])
-            x, k, v = layer(x, cos, sin, mask, layer_past)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, k, v = checkpoint(layer, x, cos, sin, mask, layer_past, use_reentrant=False)
+            else:
+                x, k, v = layer(x, cos, sin, mask, layer_past)
             keys.append(k)
             values.append(v)
         return self.norm(x), keys, values
@@ -373,7 +428,9 @@ class FiLMDinoV2(nn.Module):
         )
         dino_cfg._attn_implementation = "sdpa"
         self.dino = Dinov2WithRegistersModel(dino_cfg)
-        self.dino.embeddings.mask_token.requires_grad_(False)  # masked-image pretraining only; never used here
+        self.dino.embeddings.mask_token.requires_grad_(
+            False
+        )  # masked-image pretraining only; never used here
         n_used = cfg.vision_blocks_used
         self.use_final_norm = n_used == cfg.vision_num_layers
         # Blocks after the feature layer (and the final norm when unused) are dropped: they would be dead weights.
@@ -383,20 +440,32 @@ class FiLMDinoV2(nn.Module):
         self.film_gamma = nn.ModuleList(
             [nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)]
         )
-        self.film_beta = nn.ModuleList([nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)])
+        self.film_beta = nn.ModuleList(
+            [nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)]
+        )
         self.num_prefix_tokens = 1 + cfg.vision_num_registers
+        self.gradient_checkpointing = False
 
     def forward(self, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """pixels (N, 3, S, S) normalised, cond (N, latent_dim) -> patch features (N, num_patches, vision_hidden)."""
         x = self.dino.embeddings(pixels)
         for block, g_lin, b_lin in zip(self.dino.encoder.layer, self.film_gamma, self.film_beta, strict=True):
-            attn, _ = block.attention(block.norm1(x))
-            x = x + block.drop_path(block.layer_scale1(attn))
-            gamma, beta = g_lin(cond)[:, None], b_lin(cond)[:, None]
-            x = x * (1.0 + gamma) + beta
-            x = x + block.drop_path(block.layer_scale2(block.mlp(block.norm2(x))))
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(_film_block, block, g_lin, b_lin, x, cond, use_reentrant=False)
+            else:
+                x = _film_block(block, g_lin, b_lin, x, cond)
         x = self.dino.layernorm(x)
         return x[:, self.num_prefix_tokens :]
+
+
+def _film_block(
+    block: nn.Module, g_lin: nn.Linear, b_lin: nn.Linear, x: torch.Tensor, cond: torch.Tensor
+) -> torch.Tensor:
+    """One DINOv2 block with FiLM between attention and MLP, from the block's public sub-modules."""
+    attn, _ = block.attention(block.norm1(x))
+    x = x + block.drop_path(block.layer_scale1(attn))
+    x = x * (1.0 + g_lin(cond)[:, None]) + b_lin(cond)[:, None]
+    return x + block.drop_path(block.layer_scale2(block.mlp(block.norm2(x))))
 
 
 def _mlp2(d_in: int, d: int) -> nn.Sequential:
@@ -448,7 +517,9 @@ class ActionExpert(nn.Module):
             raise ValueError(f"images must have 5 dims (B, V, H, W, 3), got shape {tuple(images.shape)}")
         b, v, h, w, c = images.shape
         if c != 3:
-            raise ValueError(f"images must have 3 colour channels last, got {c} (shape {tuple(images.shape)})")
+            raise ValueError(
+                f"images must have 3 colour channels last, got {c} (shape {tuple(images.shape)})"
+            )
         if v != cfg.num_views:
             raise ValueError(f"images has {v} views, config num_views={cfg.num_views}")
         x = images.reshape(b * v, h, w, 3).permute(0, 3, 1, 2).float().div_(255.0)
@@ -479,16 +550,22 @@ class ActionExpert(nn.Module):
                 "(use preprocess_images on uint8 frames)"
             )
         if not images.is_floating_point():
-            raise TypeError(f"images must be float (use preprocess_images on uint8 frames), got {images.dtype}")
+            raise TypeError(
+                f"images must be float (use preprocess_images on uint8 frames), got {images.dtype}"
+            )
         if cfg.use_state:
             if state is None:
                 raise ValueError("state is required: config use_state=True")
             if tuple(state.shape) != (b, cfg.state_dim):
-                raise ValueError(f"state must be (B, {cfg.state_dim}) = ({b}, {cfg.state_dim}), got {tuple(state.shape)}")
+                raise ValueError(
+                    f"state must be (B, {cfg.state_dim}) = ({b}, {cfg.state_dim}), got {tuple(state.shape)}"
+                )
             if not torch.isfinite(state).all():
                 raise ValueError("state contains NaN or Inf")
         elif state is not None:
-            raise ValueError("state was given but config use_state=False (build the expert with use_state=True)")
+            raise ValueError(
+                "state was given but config use_state=False (build the expert with use_state=True)"
+            )
 
     def _check_actions(self, name: str, x: torch.Tensor, batch: int) -> None:
         expected = (batch, self.cfg.chunk_size, self.cfg.action_dim)
@@ -539,7 +616,9 @@ class ActionExpert(nn.Module):
         out = self.head(hidden[:, -h:].reshape(hidden.shape[0], -1))
         return out.view(-1, h, self.cfg.action_dim)
 
-    def _mask(self, n_visual: int, n_latent: int, n_state: int, n_action: int, like: torch.Tensor) -> torch.Tensor:
+    def _mask(
+        self, n_visual: int, n_latent: int, n_state: int, n_action: int, like: torch.Tensor
+    ) -> torch.Tensor:
         return block_attention_mask(
             n_visual, n_latent, n_state, n_action, self.cfg.attention, dtype=like.dtype, device=like.device
         )
@@ -572,7 +651,9 @@ class ActionExpert(nn.Module):
         self._check_time(t, b)
         act = self.embed_actions(noisy_actions, t)
         if prefix.keys is not None and prefix.values is not None:
-            hidden, _, _ = self.transformer(act, mask=None, start=prefix.length, past=(prefix.keys, prefix.values))
+            hidden, _, _ = self.transformer(
+                act, mask=None, start=prefix.length, past=(prefix.keys, prefix.values)
+            )
         else:
             seq = torch.cat([prefix.embeds, act], dim=1)
             mask = self._mask(prefix.n_visual, prefix.n_latent, prefix.n_state, act.shape[1], seq)
@@ -681,14 +762,18 @@ class ActionExpert(nn.Module):
         }
         for name, (theirs, ours) in checks.items():
             if theirs != ours:
-                raise ValueError(f"load_vision_weights({path!r}): checkpoint {name}={theirs}, config has {ours}")
+                raise ValueError(
+                    f"load_vision_weights({path!r}): checkpoint {name}={theirs}, config has {ours}"
+                )
         if scfg.num_hidden_layers < cfg.vision_blocks_used:
             raise ValueError(
                 f"load_vision_weights({path!r}): checkpoint has {scfg.num_hidden_layers} blocks, "
                 f"config needs {cfg.vision_blocks_used}"
             )
         if getattr(scfg, "use_swiglu_ffn", False):
-            raise ValueError(f"load_vision_weights({path!r}): SwiGLU-FFN DINOv2 checkpoints are not supported")
+            raise ValueError(
+                f"load_vision_weights({path!r}): SwiGLU-FFN DINOv2 checkpoints are not supported"
+            )
         state = src.state_dict()
         own = self.vision.dino.state_dict()
         pos_key = "embeddings.position_embeddings"
@@ -701,15 +786,24 @@ class ActionExpert(nn.Module):
         self.vision.dino.load_state_dict(wanted, strict=True)
         logger.info("loaded DINOv2 weights from %s (%d tensors)", path, len(wanted))
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each vision block and transformer layer in the backward pass (saves activation memory)."""
+        self.vision.gradient_checkpointing = enabled
+        self.transformer.gradient_checkpointing = enabled
+
     def count_parameters(self) -> dict[str, int]:
         """Parameter counts per part (vision, film, projectors, transformer, head) plus total and trainable."""
+
         def n(mod: nn.Module | None) -> int:
             return 0 if mod is None else sum(p.numel() for p in mod.parameters())
 
         parts = {
             "vision": n(self.vision.dino),
             "film": n(self.vision.film_gamma) + n(self.vision.film_beta),
-            "projectors": n(self.vision_proj) + n(self.latent_proj) + n(self.state_proj) + n(self.action_in)
+            "projectors": n(self.vision_proj)
+            + n(self.latent_proj)
+            + n(self.state_proj)
+            + n(self.action_in)
             + n(self.action_time_mlp),
             "transformer": n(self.transformer),
             "head": n(self.head),

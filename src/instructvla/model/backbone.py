@@ -97,11 +97,15 @@ class FamilyAdapter:
         """Token ids standing for one image in the prompt."""
         n = self.num_image_tokens(hf)
         img = hf.config.image_token_id
+        names = [tk.FAKE_AROUND_IMAGE, tk.GLOBAL_IMG] if self.name == "smolvlm" else [tk.IMG_START, tk.IMG_END]
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in names if t not in vocab]
+        if missing:
+            raise ValueError(f"tokenizer lacks the {self.name} image marker token(s) {missing}")
+        a, b = (vocab[t] for t in names)
         if self.name == "smolvlm":
-            around, glob = tokenizer.convert_tokens_to_ids([tk.FAKE_AROUND_IMAGE, tk.GLOBAL_IMG])
-            return [around, glob] + [img] * n + [around]
-        start, end = tokenizer.convert_tokens_to_ids([tk.IMG_START, tk.IMG_END])
-        return [start] + [img] * n + [end]
+            return [a, b] + [img] * n + [a]
+        return [a] + [img] * n + [b]
 
     def pixel_kwargs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model kwargs for a batch of one image per sample, pixel_values (B, 3, S, S)."""
@@ -112,7 +116,8 @@ class FamilyAdapter:
 
 ADAPTERS = {
     "instructvla_eagle": FamilyAdapter("eagle"),
-    "internvl": FamilyAdapter("eagle"),
+    # transformers' own InternVL (InternViT vision tower): same prompt layout, ImageNet pixel statistics.
+    "internvl": FamilyAdapter("eagle", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "smolvlm": FamilyAdapter("smolvlm"),
 }
 

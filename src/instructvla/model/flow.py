@@ -35,7 +35,9 @@ def sample_time(
     return (_TIME_SCALE * (1.0 - z)).to(device)
 
 
-def _draw_device(generator: torch.Generator | None, device: torch.device | str | None) -> torch.device | str | None:
+def _draw_device(
+    generator: torch.Generator | None, device: torch.device | str | None
+) -> torch.device | str | None:
     """Draw on the generator's device (a CPU generator then gives the same numbers whatever the model's device)."""
     return generator.device if generator is not None else device
 
@@ -47,7 +49,9 @@ def randn(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise drawn on the generator's device, returned on `device`."""
-    return torch.randn(shape, generator=generator, device=_draw_device(generator, device), dtype=dtype).to(device)
+    return torch.randn(shape, generator=generator, device=_draw_device(generator, device), dtype=dtype).to(
+        device
+    )
 
 
 def _time_column(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -57,7 +61,9 @@ def _time_column(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
-def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma_min: float = 0.001) -> torch.Tensor:
+def interpolate(
+    x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, sigma_min: float = 0.001
+) -> torch.Tensor:
     """Point on the probability path: x_t = (1 - (1 - sigma_min) t) x0 + t x1, x0 = noise, x1 = data."""
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
@@ -101,9 +107,7 @@ def sinusoidal_time_embedding(t: torch.Tensor, dim: int, max_period: float = 100
     if dim < 2:
         raise ValueError(f"dim must be >= 2, got {dim}")
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -116,7 +120,12 @@ def block_allowed(n_visual: int, n_latent: int, n_state: int, n_action: int) -> 
 
     Visual sees visual only; latent and state see visual + latent + state; action tokens see everything.
     """
-    for name, n in (("n_visual", n_visual), ("n_latent", n_latent), ("n_state", n_state), ("n_action", n_action)):
+    for name, n in (
+        ("n_visual", n_visual),
+        ("n_latent", n_latent),
+        ("n_state", n_state),
+        ("n_action", n_action),
+    ):
         if n < 0:
             raise ValueError(f"{name} must be >= 0, got {n}")
     n_prefix = n_visual + n_latent + n_state

@@ -68,7 +68,11 @@ class VLAProcessor:
         self.spec = spec
         self.dino_preprocess = dino_preprocess
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.im_start, self.im_end = tokenizer.convert_tokens_to_ids([tk.IM_START, tk.IM_END])
+        vocab = tokenizer.get_vocab()
+        for token in (tk.IM_START, tk.IM_END):
+            if token not in vocab:
+                raise ValueError(f"tokenizer has no {token!r} token: the processor writes ChatML prompts")
+        self.im_start, self.im_end = vocab[tk.IM_START], vocab[tk.IM_END]
         self._nl = self._tok("\n")
         self._role = {r: [self.im_start] + self._tok(f"{r}\n") for r in ("system", "user", "assistant")}
         self._mean = torch.tensor(spec.image_mean).view(3, 1, 1)

@@ -223,6 +223,8 @@ class InstructVLA(nn.Module):
             if key not in batch:
                 raise KeyError(f"batch is missing {key!r} (build batches with model.processor)")
         dev = self.device
+        if generator is not None and generator.device.type != dev.type:
+            raise ValueError(f"generator is on {generator.device}, the model on {dev}: use torch.Generator(device=...)")
         input_ids = batch["input_ids"].to(dev)
         labels = batch["labels"].to(dev)
         hidden, _ = self.backbone.hidden_states(input_ids, batch["attention_mask"].to(dev), batch["pixel_values"].to(dev))

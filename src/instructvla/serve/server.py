@@ -111,7 +111,7 @@ class PolicyServer:
         # websocket layer closes the connection (code 1009, "message too big") without reading the payload.
         self.hard_limit_bytes = 4 * max_message_bytes
         self.shutdown_grace_s = shutdown_grace_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="instructvla-model")
+        self._executor: ThreadPoolExecutor | None = None
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._metadata = {
@@ -147,7 +147,8 @@ class PolicyServer:
             obs = unpack(message, max_bytes=self.max_message_bytes)
             request = session.parse(obs)
             t_parsed = time.perf_counter()
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, session.infer_request, request)
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, session.infer_request, request)
             t_inferred = time.perf_counter()
             timing = dict(result.get("server_timing", {}))
             timing["decode_ms"] = (t_parsed - t0) * 1e3
@@ -176,13 +177,12 @@ class PolicyServer:
                 self._inflight += 1
                 assert self._idle is not None
                 self._idle.clear()
-                try:
-                    reply = await self._answer(session, message)
+                try:  # in flight until the reply is handed to the socket (shutdown drains this)
+                    await ws.send(await self._answer(session, message))
                 finally:
                     self._inflight -= 1
                     if self._inflight == 0:
                         self._idle.set()
-                await ws.send(reply)
         except ConnectionClosed as e:
             logger.info("client %s closed: %s", peer, e)
         else:
@@ -193,6 +193,8 @@ class PolicyServer:
         """Serve until `stop` is set, then drain in-flight requests (bounded) and close every connection (1001)."""
         self._idle = asyncio.Event()
         self._idle.set()
+        # one worker: model calls run one at a time, off the event loop (which keeps answering everyone else)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="instructvla-model")
         async with ws_serve(
             self._handler,
             self.host,
@@ -217,6 +219,7 @@ class PolicyServer:
             server.close(close_connections=True, reason="server shutting down")
             await server.wait_closed()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = None
         logger.info("server stopped (%d requests served, %d errors sent)", self.requests_served, self.errors_sent)
 
 

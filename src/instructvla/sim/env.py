@@ -152,7 +152,9 @@ class TabletopEnv(gym.Env):
         if "instruction" in options:
             self.instruction = str(options["instruction"])
         else:
-            self.instruction = self.instruction_fn(self.scene_graph(), np.random.default_rng([episode_seed, 1]))
+            self.instruction = self.instruction_fn(
+                self.scene_graph(), np.random.default_rng([episode_seed, 1])
+            )
         return self._obs(), self._info(False)
 
     def step(self, action):
@@ -234,7 +236,9 @@ class TabletopEnv(gym.Env):
             if getattr(lay, fx) is not None:
                 objs.append(ObjectState(fx, tuple(float(v) for v in s.fixture_pos(fx)), is_fixture=True))
         if lay.cabinet:
-            objs.append(ObjectState("cabinet", tuple(float(v) for v in s.fixture_pos("cabinet")), is_fixture=True))
+            objs.append(
+                ObjectState("cabinet", tuple(float(v) for v in s.fixture_pos("cabinet")), is_fixture=True)
+            )
         return SceneGraph(
             objects=objs,
             drawers={d: s.drawer_opening(d) for d in s.drawer_qpos} if lay.cabinet else {},
@@ -254,5 +258,13 @@ def make_env(task: str | T.TaskSpec, **kwargs) -> TabletopEnv:
     return TabletopEnv(spec, **kwargs)
 
 
-__all__ = ["TabletopEnv", "make_env", "validate_action", "clip_action", "fallback_instruction", "CATALOG",
-           "MAX_DELTA_POS", "MAX_DELTA_ROT"]
+__all__ = [
+    "TabletopEnv",
+    "make_env",
+    "validate_action",
+    "clip_action",
+    "fallback_instruction",
+    "CATALOG",
+    "MAX_DELTA_POS",
+    "MAX_DELTA_ROT",
+]

@@ -47,7 +47,9 @@ def _grasp_yaw(name: str, obj_mat: np.ndarray) -> float:
     spec = CATALOG[name]
     x_axis = obj_mat[:, 0]
     theta = float(np.arctan2(x_axis[1], x_axis[0]))
-    if spec.shape in ("sphere", "cylinder", "capsule") or (spec.shape == "ellipsoid" and spec.size[0] == spec.size[1]):
+    if spec.shape in ("sphere", "cylinder", "capsule") or (
+        spec.shape == "ellipsoid" and spec.size[0] == spec.size[1]
+    ):
         return 0.0
     if spec.shape == "box" and abs(spec.size[0] - spec.size[1]) < 1e-6:  # cube: any face pair, closest to 0
         period = np.pi / 2
@@ -68,8 +70,14 @@ def grasp_height(name: str, pos: np.ndarray, surface_z: float) -> float:
 class Expert:
     """A waypoint follower for the env's current task. Call `reset()` after every `env.reset()`."""
 
-    def __init__(self, env: TabletopEnv, noise_prob: float = 0.0, noise_pos: float = 0.012, noise_rot: float = 0.05,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        env: TabletopEnv,
+        noise_prob: float = 0.0,
+        noise_pos: float = 0.012,
+        noise_rot: float = 0.05,
+        seed: int | None = None,
+    ):
         if not 0.0 <= noise_prob <= 1.0:
             raise ValueError(f"Expert.noise_prob: must be in [0, 1], got {noise_prob}")
         self.env = env.unwrapped if hasattr(env, "unwrapped") else env
@@ -137,7 +145,11 @@ class Expert:
             self._stall = 0 if e < self._best_err - 0.002 else self._stall + 1
             self._best_err = min(self._best_err, e)
             stalled = self._stall >= 3 and e < 0.03 and np.linalg.norm(rot_err) < 0.1
-            if (reached and self._held > wp.wait) or (stalled and self._held >= wp.wait) or self._steps_in >= wp.max_steps:
+            if (
+                (reached and self._held > wp.wait)
+                or (stalled and self._held >= wp.wait)
+                or self._steps_in >= wp.max_steps
+            ):
                 if not reached:
                     logger.debug("waypoint %s timed out (err %.3f m)", wp.name, np.linalg.norm(err))
                 self._i, self._held, self._steps_in, self._target = self._i + 1, 0, 0, None
@@ -194,11 +206,15 @@ class Expert:
             return (
                 self._drawer(a["drawer"], pull=True, retreat_high=True)
                 + self._pick(a["target"], carry_z=DRAWER_CARRY_Z)
-                + self._place_at(a["target"], self._drawer_spot, transport_z=DRAWER_CARRY_Z, rot=top_down_mat(0.0))
+                + self._place_at(
+                    a["target"], self._drawer_spot, transport_z=DRAWER_CARRY_Z, rot=top_down_mat(0.0)
+                )
             )
         raise ValueError(f"no expert for family {fam!r}")  # pragma: no cover
 
-    def _pick(self, name: str, final_lift: float | None = None, carry_z: float = TRANSPORT_Z) -> list[Waypoint]:
+    def _pick(
+        self, name: str, final_lift: float | None = None, carry_z: float = TRANSPORT_Z
+    ) -> list[Waypoint]:
         scene = self.env.scene
         p = scene.object_pos(name)
         surface = p[2] - O.object_half_height(CATALOG[name]) - 0.002
@@ -225,8 +241,13 @@ class Expert:
             Waypoint(lift_target, rot, CLOSED, tol=0.015, name="lift"),
         ]
 
-    def _place_at(self, name: str, spot: Callable[[str], np.ndarray], transport_z: float = TRANSPORT_Z,
-                  rot: np.ndarray | None = None) -> list[Waypoint]:
+    def _place_at(
+        self,
+        name: str,
+        spot: Callable[[str], np.ndarray],
+        transport_z: float = TRANSPORT_Z,
+        rot: np.ndarray | None = None,
+    ) -> list[Waypoint]:
         """Carry the held object so that its centre ends at spot(name), release, retreat."""
         scene = self.env.scene
         hh = O.object_half_height(CATALOG[name])
@@ -250,7 +271,9 @@ class Expert:
         def here() -> np.ndarray:
             return scene.tcp_pose()[0]
 
-        cur = self._last_pick_rot if rot is None else rot  # default: keep the grasp orientation while carrying
+        cur = (
+            self._last_pick_rot if rot is None else rot
+        )  # default: keep the grasp orientation while carrying
         return [
             Waypoint(carry, cur, CLOSED, tol=0.012, noisy=True, name="carry"),
             Waypoint(lower, cur, CLOSED, tol=0.008, name="lower"),
@@ -278,7 +301,11 @@ class Expert:
         d0 = self._start_xy - pr
         a0 = float(np.arctan2(d0[1], d0[0]))
         dist = r_t + O.object_radius(CATALOG[ref]) + 0.02
-        others = [(scene.object_pos(n)[:2], O.object_radius(CATALOG[n])) for n in scene.active if n not in (name, ref)]
+        others = [
+            (scene.object_pos(n)[:2], O.object_radius(CATALOG[n]))
+            for n in scene.active
+            if n not in (name, ref)
+        ]
         lay = scene.layout
         for fx, rad in (("plate", O.PLATE_RADIUS), ("bowl", O.BOWL_RADIUS)):
             if getattr(lay, fx) is not None:
@@ -329,17 +356,34 @@ class Expert:
         else:
             end = grasp + np.array([opening + 0.004, 0, 0])
         plan = [
-            Waypoint(np.array([pre[0] - 0.05, pre[1], max(pre[2], 0.12)]), rot, OPEN, tol=0.02, noisy=True, name="to cabinet"),
+            Waypoint(
+                np.array([pre[0] - 0.05, pre[1], max(pre[2], 0.12)]),
+                rot,
+                OPEN,
+                tol=0.02,
+                noisy=True,
+                name="to cabinet",
+            ),
             Waypoint(pre, rot, OPEN, tol=0.008, noisy=True, name="pre-handle"),
             Waypoint(grasp, rot, OPEN, tol=0.005, name="to handle"),
             Waypoint(grasp, rot, CLOSED, tol=0.02, wait=4, name="grip handle"),
             Waypoint(end, rot, CLOSED, tol=0.01, name="pull" if pull else "push"),
             Waypoint(end, rot, OPEN, tol=0.03, wait=2, name="let go"),
-            Waypoint(lambda: scene.tcp_pose()[0] + np.array([-0.07, 0, 0]), rot, OPEN, tol=0.015, name="back off"),
+            Waypoint(
+                lambda: scene.tcp_pose()[0] + np.array([-0.07, 0, 0]), rot, OPEN, tol=0.015, name="back off"
+            ),
         ]
         if retreat_high:
-            plan.append(Waypoint(lambda: np.array([HOME_TCP[0], 0.0, 0.3]), top_down_mat(0.0), OPEN, tol=0.02,
-                                 noisy=True, name="reorient"))
+            plan.append(
+                Waypoint(
+                    lambda: np.array([HOME_TCP[0], 0.0, 0.3]),
+                    top_down_mat(0.0),
+                    OPEN,
+                    tol=0.02,
+                    noisy=True,
+                    name="reorient",
+                )
+            )
         return plan
 
 

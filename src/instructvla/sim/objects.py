@@ -78,7 +78,12 @@ def _add_letter(body: mujoco.MjsBody, letter: str, half: tuple[float, float, flo
         return
     # faces: (normal axis in body frame, u axis, v axis, half-size along normal)
     faces = [
-        (np.array([0, 0, 1.0]), np.array([0, -1.0, 0]), np.array([1.0, 0, 0]), half[2]),  # top, letter "up" = +x
+        (
+            np.array([0, 0, 1.0]),
+            np.array([0, -1.0, 0]),
+            np.array([1.0, 0, 0]),
+            half[2],
+        ),  # top, letter "up" = +x
         (np.array([-1.0, 0, 0]), np.array([0, -1.0, 0]), np.array([0, 0, 1.0]), half[0]),
         (np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 1.0]), half[0]),
         (np.array([0, 1.0, 0]), np.array([-1.0, 0, 0]), np.array([0, 0, 1.0]), half[1]),
@@ -126,20 +131,27 @@ def add_object(world: mujoco.MjsBody, spec: ObjectSpec) -> mujoco.MjsBody:
     hh = object_half_height(spec)
     if spec.shape in ("sphere", "ellipsoid", "capsule"):
         foot = body.add_geom(
-            type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.45 * min(size[0], size[1] or size[0]), 0.003, 0],
-            pos=[0, 0, -hh + 0.003], rgba=[0, 0, 0, 0], group=COLLISION_ONLY_GROUP,
+            type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+            size=[0.45 * min(size[0], size[1] or size[0]), 0.003, 0],
+            pos=[0, 0, -hh + 0.003],
+            rgba=[0, 0, 0, 0],
+            group=COLLISION_ONLY_GROUP,
         )
         foot.contype, foot.conaffinity, foot.density = OBJ_CONTYPE, OBJ_CONAFF, 0
         foot.condim, foot.friction = 4, [1.0, 0.01, 0.001]
     if spec.shape == "cylinder" and spec.name == "mug":  # a handle so the mug reads as a mug
         h = body.add_geom(
-            type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.006, 0.012, 0.02], pos=[0, -size[0] - 0.008, 0.0],
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            size=[0.006, 0.012, 0.02],
+            pos=[0, -size[0] - 0.008, 0.0],
             rgba=list(spec.rgba),
         )
         h.contype, h.conaffinity, h.density = 0, 0, 0
     if spec.shape == "cylinder" and spec.category == "drink":  # a darker lid band
         lid = body.add_geom(
-            type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[size[0] * 0.8, 0.003, 0], pos=[0, 0, size[1]],
+            type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+            size=[size[0] * 0.8, 0.003, 0],
+            pos=[0, 0, size[1]],
             rgba=[0.75, 0.75, 0.78, 1.0],
         )
         lid.contype, lid.conaffinity, lid.density = 0, 0, 0
@@ -151,11 +163,20 @@ def add_object(world: mujoco.MjsBody, spec: ObjectSpec) -> mujoco.MjsBody:
 def add_plate(world: mujoco.MjsBody) -> None:
     """A flat white plate (static fixture; moved per episode through `model.body_pos`)."""
     b = world.add_body(name="fix/plate", pos=[0, 0, 0])
-    g = b.add_geom(name="fix/plate", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[PLATE_RADIUS, PLATE_HALF_H, 0],
-                   pos=[0, 0, PLATE_HALF_H], rgba=[0.96, 0.96, 0.94, 1])
+    g = b.add_geom(
+        name="fix/plate",
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[PLATE_RADIUS, PLATE_HALF_H, 0],
+        pos=[0, 0, PLATE_HALF_H],
+        rgba=[0.96, 0.96, 0.94, 1],
+    )
     g.contype, g.conaffinity = STATIC_CONTYPE, STATIC_CONAFF
-    rim = b.add_geom(type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[PLATE_RADIUS + 0.008, PLATE_HALF_H * 0.6, 0],
-                     pos=[0, 0, PLATE_HALF_H * 0.6], rgba=[0.55, 0.6, 0.7, 1])
+    rim = b.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[PLATE_RADIUS + 0.008, PLATE_HALF_H * 0.6, 0],
+        pos=[0, 0, PLATE_HALF_H * 0.6],
+        rgba=[0.55, 0.6, 0.7, 1],
+    )
     rim.contype, rim.conaffinity = 0, 0
 
 
@@ -163,16 +184,23 @@ def add_bowl(world: mujoco.MjsBody, n_walls: int = 16) -> None:
     """A shallow brown bowl / basket: a disc and a ring of wall slats."""
     b = world.add_body(name="fix/bowl", pos=[0, 0, 0])
     rgba = [0.55, 0.36, 0.2, 1]
-    g = b.add_geom(name="fix/bowl", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[BOWL_RADIUS, 0.004, 0],
-                   pos=[0, 0, 0.004], rgba=rgba)
+    g = b.add_geom(
+        name="fix/bowl",
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+        size=[BOWL_RADIUS, 0.004, 0],
+        pos=[0, 0, 0.004],
+        rgba=rgba,
+    )
     g.contype, g.conaffinity = STATIC_CONTYPE, STATIC_CONAFF
     slat = 2 * np.pi * BOWL_RADIUS / n_walls / 2 + 0.002
     for k in range(n_walls):
         a = 2 * np.pi * k / n_walls
         w = b.add_geom(
-            type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.004, slat, BOWL_WALL_H / 2],
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            size=[0.004, slat, BOWL_WALL_H / 2],
             pos=[BOWL_RADIUS * np.cos(a), BOWL_RADIUS * np.sin(a), BOWL_WALL_H / 2],
-            quat=[np.cos(a / 2), 0, 0, np.sin(a / 2)], rgba=rgba if k % 2 else [0.48, 0.3, 0.16, 1],
+            quat=[np.cos(a / 2), 0, 0, np.sin(a / 2)],
+            rgba=rgba if k % 2 else [0.48, 0.3, 0.16, 1],
         )
         w.contype, w.conaffinity = STATIC_CONTYPE, STATIC_CONAFF
 
@@ -182,7 +210,9 @@ class DrawerGeometry:
     """Where a drawer sits in the cabinet frame (front centre of its compartment) and its inner box."""
 
     z_center: float
-    inner_half: tuple[float, float, float]  # inner half extents (x depth, y width, z height) of the drawer box
+    inner_half: tuple[
+        float, float, float
+    ]  # inner half extents (x depth, y width, z height) of the drawer box
     inner_center_x: float  # x of the box centre in the drawer frame (+x into the cabinet)
     floor_z: float  # z of the inner floor in the drawer frame
 
@@ -207,12 +237,22 @@ def add_cabinet(world: mujoco.MjsBody) -> None:
     cab = world.add_body(name="fix/cabinet", pos=[0, 0, 0])
 
     def box(body, name, half, pos, rgba, contype, conaff):
-        g = body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_BOX, size=list(half), pos=list(pos), rgba=rgba)
+        g = body.add_geom(
+            name=name, type=mujoco.mjtGeom.mjGEOM_BOX, size=list(half), pos=list(pos), rgba=rgba
+        )
         g.contype, g.conaffinity = contype, conaff
         return g
 
     t, d, w, h = CAB_WALL, CAB_DEPTH, CAB_WIDTH, CAB_HEIGHT
-    box(cab, "fix/cabinet", (d / 2, t / 2, h / 2), (d / 2, w / 2 - t / 2, h / 2), wood, STATIC_CONTYPE, STATIC_CONAFF)
+    box(
+        cab,
+        "fix/cabinet",
+        (d / 2, t / 2, h / 2),
+        (d / 2, w / 2 - t / 2, h / 2),
+        wood,
+        STATIC_CONTYPE,
+        STATIC_CONAFF,
+    )
     box(cab, None, (d / 2, t / 2, h / 2), (d / 2, -w / 2 + t / 2, h / 2), wood, STATIC_CONTYPE, STATIC_CONAFF)
     box(cab, None, (t / 2, w / 2, h / 2), (d - t / 2, 0, h / 2), wood, STATIC_CONTYPE, STATIC_CONAFF)
     for k in range(4):  # floor, two shelves, roof
@@ -221,8 +261,12 @@ def add_cabinet(world: mujoco.MjsBody) -> None:
     for i, name in enumerate(DRAWER_NAMES):
         geo = drawer_geometry(i)
         dr = cab.add_body(name=f"fix/drawer_{name}", pos=[0, 0, geo.z_center])
-        j = dr.add_joint(name=f"fix/drawer_{name}", type=mujoco.mjtJoint.mjJNT_SLIDE, axis=[-1, 0, 0],
-                         range=[0, DRAWER_TRAVEL])
+        j = dr.add_joint(
+            name=f"fix/drawer_{name}",
+            type=mujoco.mjtJoint.mjJNT_SLIDE,
+            axis=[-1, 0, 0],
+            range=[0, DRAWER_TRAVEL],
+        )
         j.limited = mujoco.mjtLimited.mjLIMITED_TRUE
         j.damping, j.frictionloss, j.armature = [8.0, 0, 0], 0.3, 0.05
         ch = _COMPARTMENT_H
@@ -230,22 +274,59 @@ def add_cabinet(world: mujoco.MjsBody) -> None:
         half_w = geo.inner_half[1] + 0.006
         wall_h = geo.inner_half[2] * 2
         fz = -ch / 2 + 0.003
-        box(dr, f"fix/drawer_{name}", (_DRAWER_FRONT_T / 2, w / 2 - t - 0.002, ch / 2 - 0.003),
-            (_DRAWER_FRONT_T / 2, 0, 0), front_rgba, DRAWER_CONTYPE, DRAWER_CONAFF)
+        box(
+            dr,
+            f"fix/drawer_{name}",
+            (_DRAWER_FRONT_T / 2, w / 2 - t - 0.002, ch / 2 - 0.003),
+            (_DRAWER_FRONT_T / 2, 0, 0),
+            front_rgba,
+            DRAWER_CONTYPE,
+            DRAWER_CONAFF,
+        )
         bx = _DRAWER_FRONT_T + box_depth / 2
-        box(dr, None, (box_depth / 2, half_w, 0.003), (bx, 0, fz + 0.003), wood, DRAWER_CONTYPE, DRAWER_CONAFF)
-        box(dr, None, (0.003, half_w, wall_h / 2), (_DRAWER_FRONT_T + box_depth - 0.003, 0, fz + wall_h / 2),
-            wood, DRAWER_CONTYPE, DRAWER_CONAFF)
+        box(
+            dr, None, (box_depth / 2, half_w, 0.003), (bx, 0, fz + 0.003), wood, DRAWER_CONTYPE, DRAWER_CONAFF
+        )
+        box(
+            dr,
+            None,
+            (0.003, half_w, wall_h / 2),
+            (_DRAWER_FRONT_T + box_depth - 0.003, 0, fz + wall_h / 2),
+            wood,
+            DRAWER_CONTYPE,
+            DRAWER_CONAFF,
+        )
         for s in (1, -1):
-            box(dr, None, (box_depth / 2, 0.003, wall_h / 2), (bx, s * (half_w - 0.003), fz + wall_h / 2),
-                wood, DRAWER_CONTYPE, DRAWER_CONAFF)
+            box(
+                dr,
+                None,
+                (box_depth / 2, 0.003, wall_h / 2),
+                (bx, s * (half_w - 0.003), fz + wall_h / 2),
+                wood,
+                DRAWER_CONTYPE,
+                DRAWER_CONAFF,
+            )
         # handle: a vertical bar on two standoffs, grasped by a horizontal gripper with fingers closing along y
         metal = [0.3, 0.3, 0.32, 1]
-        hg = dr.add_geom(name=f"fix/handle_{name}", type=mujoco.mjtGeom.mjGEOM_CAPSULE,
-                         size=[0.007, HANDLE_HALF_LEN, 0], pos=[-HANDLE_STANDOFF, 0, 0], rgba=metal)
+        hg = dr.add_geom(
+            name=f"fix/handle_{name}",
+            type=mujoco.mjtGeom.mjGEOM_CAPSULE,
+            size=[0.007, HANDLE_HALF_LEN, 0],
+            pos=[-HANDLE_STANDOFF, 0, 0],
+            rgba=metal,
+        )
         hg.contype, hg.conaffinity = DRAWER_CONTYPE, DRAWER_CONAFF
         hg.condim, hg.friction = 4, [1.5, 0.02, 0.001]
         for s in (1, -1):
-            box(dr, None, (HANDLE_STANDOFF / 2, 0.005, 0.005), (-HANDLE_STANDOFF / 2, 0, s * (HANDLE_HALF_LEN - 0.004)),
-                metal, DRAWER_CONTYPE, DRAWER_CONAFF)
-        dr.add_site(name=f"fix/handle_{name}", pos=[-HANDLE_STANDOFF, 0, 0], size=[0.005, 0, 0], rgba=[0, 0, 0, 0])
+            box(
+                dr,
+                None,
+                (HANDLE_STANDOFF / 2, 0.005, 0.005),
+                (-HANDLE_STANDOFF / 2, 0, s * (HANDLE_HALF_LEN - 0.004)),
+                metal,
+                DRAWER_CONTYPE,
+                DRAWER_CONAFF,
+            )
+        dr.add_site(
+            name=f"fix/handle_{name}", pos=[-HANDLE_STANDOFF, 0, 0], size=[0.005, 0, 0], rgba=[0, 0, 0, 0]
+        )

@@ -5,6 +5,7 @@ The GL backend comes from `MUJOCO_GL` (default "egl", set with `setdefault` only
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import mujoco
@@ -38,9 +39,15 @@ class CameraRenderer:
         self._ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._ctx)
         self._scene = mujoco.MjvScene(model, maxgeom=max_geom)
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        for flag in (
+            mujoco.mjtRndFlag.mjRND_SHADOW,
+            mujoco.mjtRndFlag.mjRND_REFLECTION,
+            mujoco.mjtRndFlag.mjRND_SKYBOX,
+        ):
             self._scene.flags[flag] = 0
-        self._opt = mujoco.MjvOption()  # default geom groups 0-2 visible; 3 (collision-only) and 5 (hidden) are not
+        self._opt = (
+            mujoco.MjvOption()
+        )  # default geom groups 0-2 visible; 3 (collision-only) and 5 (hidden) are not
         self._pert = mujoco.MjvPerturb()
         self._cam = mujoco.MjvCamera()
         self._cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
@@ -54,8 +61,9 @@ class CameraRenderer:
             raise ValueError(f"CameraRenderer.render: no camera named {camera!r}")
         self._gl.make_current()
         self._cam.fixedcamid = cid
-        mujoco.mjv_updateScene(self.model, data, self._opt, self._pert, self._cam, mujoco.mjtCatBit.mjCAT_ALL,
-                               self._scene)
+        mujoco.mjv_updateScene(
+            self.model, data, self._opt, self._pert, self._cam, mujoco.mjtCatBit.mjCAT_ALL, self._scene
+        )
         mujoco.mjr_render(self._rect, self._scene, self._ctx)
         mujoco.mjr_readPixels(self._buf, None, self._rect, self._ctx)
         return np.flipud(self._buf).copy()
@@ -70,7 +78,5 @@ class CameraRenderer:
             self._gl = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn GL down already
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn GL down already
-            pass

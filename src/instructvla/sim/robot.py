@@ -52,10 +52,14 @@ def _rotx_quat(alpha: float) -> list[float]:
     return [float(np.cos(alpha / 2)), float(np.sin(alpha / 2)), 0.0, 0.0]
 
 
-def _capsule(body: mujoco.MjsBody, start: np.ndarray, end: np.ndarray, radius: float, rgba, collide: bool) -> None:
+def _capsule(
+    body: mujoco.MjsBody, start: np.ndarray, end: np.ndarray, radius: float, rgba, collide: bool
+) -> None:
     if np.linalg.norm(end - start) < 1e-6:
         return
-    g = body.add_geom(type=mujoco.mjtGeom.mjGEOM_CAPSULE, fromto=[*start, *end], size=[radius, 0, 0], rgba=rgba)
+    g = body.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CAPSULE, fromto=[*start, *end], size=[radius, 0, 0], rgba=rgba
+    )
     g.contype, g.conaffinity = (ARM_CONTYPE, ARM_CONAFFINITY) if collide else (0, 0)
     g.density = 0  # the arm's inertia is set explicitly below
 
@@ -64,7 +68,9 @@ def build_arm(parent: mujoco.MjsBody, base_pos: tuple[float, float, float]) -> N
     """Add the arm (bodies, joints, actuators, TCP site, wrist camera) under `parent` at `base_pos`."""
     spec = parent.add_body(name="arm/base", pos=list(base_pos))
     # pedestal and base link
-    ped = spec.add_geom(type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.09, 0.03, 0], pos=[0, 0, 0.03], rgba=_JOINT_RGBA)
+    ped = spec.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.09, 0.03, 0], pos=[0, 0, 0.03], rgba=_JOINT_RGBA
+    )
     ped.contype, ped.conaffinity = 0, 0
     body = spec
     for i, (a, d, alpha) in enumerate(PANDA_DH):
@@ -76,7 +82,9 @@ def build_arm(parent: mujoco.MjsBody, base_pos: tuple[float, float, float]) -> N
         body.gravcomp = 1.0
         body.mass, body.inertia, body.explicitinertial = 1.5 if i < 4 else 0.8, [0.01, 0.01, 0.01], True
         lo, hi = PANDA_LIMITS[i]
-        j = body.add_joint(name=ARM_JOINTS[i], type=mujoco.mjtJoint.mjJNT_HINGE, axis=[0, 0, 1], range=[lo, hi])
+        j = body.add_joint(
+            name=ARM_JOINTS[i], type=mujoco.mjtJoint.mjJNT_HINGE, axis=[0, 0, 1], range=[lo, hi]
+        )
         j.limited = mujoco.mjtLimited.mjLIMITED_TRUE
         j.armature, j.damping = 0.1, [2.0, 0, 0]
         jg = body.add_geom(
@@ -85,23 +93,36 @@ def build_arm(parent: mujoco.MjsBody, base_pos: tuple[float, float, float]) -> N
         jg.contype, jg.conaffinity, jg.density = 0, 0, 0
     # flange -> hand (rotated -45 deg about z like the Panda hand, so the fingers close along the link7 diagonal)
     _capsule(body, np.zeros(3), np.array([0, 0, PANDA_FLANGE - 0.01]), 0.04, _LINK_RGBA, collide=False)
-    hand = body.add_body(name="arm/hand", pos=[0, 0, PANDA_FLANGE], quat=[np.cos(-np.pi / 8), 0, 0, np.sin(-np.pi / 8)])
+    hand = body.add_body(
+        name="arm/hand", pos=[0, 0, PANDA_FLANGE], quat=[np.cos(-np.pi / 8), 0, 0, np.sin(-np.pi / 8)]
+    )
     hand.gravcomp = 1.0
     hand.mass, hand.inertia, hand.explicitinertial = 0.7, [0.002, 0.002, 0.002], True
-    hb = hand.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.022, 0.095, 0.03], pos=[0, 0, 0.03], rgba=_LINK_RGBA)
+    hb = hand.add_geom(
+        type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.022, 0.095, 0.03], pos=[0, 0, 0.03], rgba=_LINK_RGBA
+    )
     hb.contype, hb.conaffinity, hb.density = ARM_CONTYPE, ARM_CONAFFINITY, 0
     hand.add_site(name=TCP_SITE, pos=[0, 0, TCP_OFFSET], size=[0.005, 0, 0], rgba=[1, 0, 0, 0])
-    # wrist camera: behind the fingers, looking along the approach axis (+z of the hand), tilted onto the fingertips
-    tilt = 0.30
+    # wrist camera: on the back of the hand, looking along the approach axis (+z of the hand) tilted toward the
+    # fingertips; image "up" is the hand's +x (world forward for a top-down grasp at yaw 0)
+    tilt = 0.32
+    view = np.array([np.sin(tilt), 0.0, np.cos(tilt)])
+    up = np.array([1.0, 0.0, 0.0]) - view * view[0]
+    up /= np.linalg.norm(up)
+    cam_z = -view
+    cam_x = np.cross(up, cam_z)
     cam_q = np.zeros(4)
-    mujoco.mju_euler2Quat(cam_q, np.array([np.pi - tilt, 0.0, -np.pi / 2]), "xyz")
-    hand.add_camera(name="wrist", pos=[-0.07, 0.0, 0.0], quat=cam_q.tolist(), fovy=75.0)
+    mujoco.mju_mat2Quat(cam_q, np.stack([cam_x, up, cam_z], axis=1).reshape(9))
+    hand.add_camera(name="wrist", pos=[-0.075, 0.0, 0.01], quat=cam_q.tolist(), fovy=70.0)
     for side, sign in (("left", 1.0), ("right", -1.0)):
         f = hand.add_body(name=f"arm/finger_{side}_body", pos=[0, 0, 0.058])
         f.gravcomp = 1.0
         f.mass, f.inertia, f.explicitinertial = 0.05, [1e-5, 1e-5, 1e-5], True
         fj = f.add_joint(
-            name=f"arm/finger_{side}", type=mujoco.mjtJoint.mjJNT_SLIDE, axis=[0, sign, 0], range=[0, FINGER_MAX]
+            name=f"arm/finger_{side}",
+            type=mujoco.mjtJoint.mjJNT_SLIDE,
+            axis=[0, sign, 0],
+            range=[0, FINGER_MAX],
         )
         fj.limited = mujoco.mjtLimited.mjLIMITED_TRUE
         fj.armature, fj.damping = 0.3, [2.0, 0, 0]  # reflected inertia: stiff pad contacts
@@ -117,7 +138,9 @@ def build_arm(parent: mujoco.MjsBody, base_pos: tuple[float, float, float]) -> N
         pad.priority = 1
         pad.solref = [0.008, 1.0]
         # finger knuckle (visual)
-        k = f.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.011, 0.009, 0.006], pos=[0, sign * 0.009, -0.002])
+        k = f.add_geom(
+            type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.011, 0.009, 0.006], pos=[0, sign * 0.009, -0.002]
+        )
         k.rgba, k.contype, k.conaffinity, k.density = list(_LINK_RGBA), 0, 0, 0
 
 
@@ -213,6 +236,7 @@ class IKController:
         self.scratch = mujoco.MjData(model)
         self.damping, self.iters = damping, iters
         self.posture = READY_Q.copy()
+        self.posture_gain = 0.2
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
 
@@ -238,6 +262,6 @@ class IKController:
             dq = jac.T @ np.linalg.solve(jjt, err)
             if it < n - 1:  # null-space pull toward the posture keeps the redundant elbow well-behaved
                 pinv = jac.T @ np.linalg.solve(jjt, np.eye(6))
-                dq += (np.eye(7) - pinv @ jac) @ (0.05 * (self.posture - q))
+                dq += (np.eye(7) - pinv @ jac) @ (self.posture_gain * (self.posture - q))
             q = np.clip(q + dq, ids.lo, ids.hi)
         return q

@@ -29,7 +29,16 @@ from instructvla.sim.scene import (
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("pick", "place_on", "place_in", "move_near", "open_drawer", "close_drawer", "stack", "drawer_then_place")
+FAMILIES = (
+    "pick",
+    "place_on",
+    "place_in",
+    "move_near",
+    "open_drawer",
+    "close_drawer",
+    "stack",
+    "drawer_then_place",
+)
 DEFAULT_MAX_STEPS = {
     "pick": 80,
     "place_on": 130,
@@ -87,10 +96,22 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             hint = difflib.get_close_matches(self.family, FAMILIES, n=1)
-            raise ValueError(f"TaskSpec.family: unknown {self.family!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        for fname in ("targets", "destinations", "drawers", "distractors", "exclude_categories", "table_styles", "lightings"):
+            raise ValueError(
+                f"TaskSpec.family: unknown {self.family!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
+        for fname in (
+            "targets",
+            "destinations",
+            "drawers",
+            "distractors",
+            "exclude_categories",
+            "table_styles",
+            "lightings",
+        ):
             if isinstance(getattr(self, fname), str):
-                raise TypeError(f"TaskSpec.{fname}: expected a tuple of names, got the string {getattr(self, fname)!r}")
+                raise TypeError(
+                    f"TaskSpec.{fname}: expected a tuple of names, got the string {getattr(self, fname)!r}"
+                )
         for n in (*self.targets, *self.distractors):
             _check_name(n, "targets/distractors")
         for n in self.destinations:
@@ -105,7 +126,9 @@ class TaskSpec:
         if not 0.0 <= self.receptacle_prob <= 1.0:
             raise ValueError(f"TaskSpec.receptacle_prob: must be in [0, 1], got {self.receptacle_prob}")
         if self.drawer_opening is not None and not 0.0 <= self.drawer_opening <= O.DRAWER_TRAVEL:
-            raise ValueError(f"TaskSpec.drawer_opening: must be in [0, {O.DRAWER_TRAVEL}], got {self.drawer_opening}")
+            raise ValueError(
+                f"TaskSpec.drawer_opening: must be in [0, {O.DRAWER_TRAVEL}], got {self.drawer_opening}"
+            )
         for s in self.table_styles:
             if s not in TABLE_STYLES:
                 raise ValueError(f"TaskSpec.table_styles: unknown {s!r} (have {sorted(TABLE_STYLES)})")
@@ -132,7 +155,9 @@ def _check_name(n: str, field_name: str) -> None:
         return
     if n not in CATALOG:
         hint = difflib.get_close_matches(n, CATALOG, n=1)
-        raise ValueError(f"TaskSpec.{field_name}: unknown object {n!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        raise ValueError(
+            f"TaskSpec.{field_name}: unknown object {n!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        )
 
 
 def resolve(names: tuple[str, ...], allowed: list[str]) -> list[str]:
@@ -214,7 +239,8 @@ def sample_task(spec: TaskSpec, rng: np.random.Generator) -> TaskInstance:
     lo, hi = spec.num_distractors
     n_dis = int(rng.integers(lo, hi + 1))
     pool = [
-        n for n in resolve(spec.distractors, list(CATALOG))
+        n
+        for n in resolve(spec.distractors, list(CATALOG))
         if n not in used and CATALOG[n].category not in spec.exclude_categories
     ]
     order = rng.permutation(len(pool))
@@ -257,8 +283,15 @@ def sample_task(spec: TaskSpec, rng: np.random.Generator) -> TaskInstance:
         px = float(rng.uniform(-geo.inner_half[0] * 0.2, geo.inner_half[0] * 0.2)) - 0.03
         py = float(rng.uniform(-max(geo.inner_half[1] - r - 0.01, 0), max(geo.inner_half[1] - r - 0.01, 0)))
         placements.insert(0, Placement(t, px, py, float(rng.uniform(-0.4, 0.4)), in_drawer=args["drawer"]))
-    layout = Layout(objects=placements, plate=plate_xy, bowl=bowl_xy, cabinet=cabinet, drawers=drawers,
-                    table_style=style, lighting=lighting)
+    layout = Layout(
+        objects=placements,
+        plate=plate_xy,
+        bowl=bowl_xy,
+        cabinet=cabinet,
+        drawers=drawers,
+        table_style=style,
+        lighting=lighting,
+    )
     return TaskInstance(spec=spec, args=args, layout=layout)
 
 
@@ -275,7 +308,7 @@ def _sample_layout(rng, radii, region, loose, args, fam) -> list[tuple[float, fl
 
 def _far_enough(xy: list[tuple[float, float]], names: list[str], args: dict[str, str]) -> bool:
     # positions of the task's objects are the last len(names) entries
-    pos = dict(zip(names, xy[len(xy) - len(names):]))
+    pos = dict(zip(names, xy[len(xy) - len(names) :]))
     a, b = pos[args["target"]], pos[args["destination"]]
     return float(np.hypot(a[0] - b[0], a[1] - b[1])) >= 0.17
 
@@ -346,7 +379,9 @@ def get_task(name: str) -> TaskSpec:
     """A registered task by name, with a "did you mean" hint for typos."""
     if name not in REGISTRY:
         hint = difflib.get_close_matches(name, REGISTRY, n=3)
-        raise KeyError(f"unknown task {name!r}" + (f"; did you mean {hint}?" if hint else "; see `instructvla tasks`"))
+        raise KeyError(
+            f"unknown task {name!r}" + (f"; did you mean {hint}?" if hint else "; see `instructvla tasks`")
+        )
     return REGISTRY[name]
 
 
@@ -357,8 +392,16 @@ def _register_defaults() -> None:
         register_task(f"pick/{n}", TaskSpec("pick", targets=(n,)))
         register_task(f"place_on/{n}-plate", TaskSpec("place_on", targets=(n,)))
         register_task(f"place_in/{n}-bowl", TaskSpec("place_in", targets=(n,)))
-    for a, b in [("lemon", "pear"), ("apple", "orange"), ("block L", "block V"), ("block L", "block A"),
-                 ("water bottle", "orange"), ("mug", "sponge"), ("coke can", "apple"), ("spoon", "mug")]:
+    for a, b in [
+        ("lemon", "pear"),
+        ("apple", "orange"),
+        ("block L", "block V"),
+        ("block L", "block A"),
+        ("water bottle", "orange"),
+        ("mug", "sponge"),
+        ("coke can", "apple"),
+        ("spoon", "mug"),
+    ]:
         register_task(f"move_near/{a}-{b}", TaskSpec("move_near", targets=(a,), destinations=(b,)))
     for a in ("block L", "block V", "block A"):
         for b in ("block L", "block V", "block A"):
@@ -367,10 +410,14 @@ def _register_defaults() -> None:
     for d in O.DRAWER_NAMES:
         register_task(f"open_drawer/{d}", TaskSpec("open_drawer", drawers=(d,)))
         register_task(f"close_drawer/{d}", TaskSpec("close_drawer", drawers=(d,)))
-        register_task(f"pick/from-{d}-drawer", TaskSpec("pick", targets=("category:fruit",), drawers=(d,),
-                                                        object_in_drawer=True))
+        register_task(
+            f"pick/from-{d}-drawer",
+            TaskSpec("pick", targets=("category:fruit",), drawers=(d,), object_in_drawer=True),
+        )
     for n in ("apple", "orange", "coke can", "sponge"):
-        register_task(f"drawer_then_place/{n}-top", TaskSpec("drawer_then_place", targets=(n,), drawers=("top",)))
+        register_task(
+            f"drawer_then_place/{n}-top", TaskSpec("drawer_then_place", targets=(n,), drawers=("top",))
+        )
 
 
 _register_defaults()
@@ -452,6 +499,16 @@ def _print_suite(console, suites_module) -> None:
 
 
 __all__ = [
-    "FAMILIES", "FIXTURES", "REGISTRY", "TaskSpec", "TaskInstance", "ListTasksConfig", "get_task", "is_success",
-    "list_tasks", "register_task", "sample_task", "record_initial",
+    "FAMILIES",
+    "FIXTURES",
+    "REGISTRY",
+    "TaskSpec",
+    "TaskInstance",
+    "ListTasksConfig",
+    "get_task",
+    "is_success",
+    "list_tasks",
+    "register_task",
+    "sample_task",
+    "record_initial",
 ]

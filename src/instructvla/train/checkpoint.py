@@ -106,10 +106,10 @@ def _to_tuples(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------- model / optimizer state (DDP and FSDP2 alike)
-def _state_options(info: DistInfo, broadcast: bool = False):
+def _state_options(info: DistInfo, strict: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=broadcast and info.distributed)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, strict=strict)
 
 
 def gather_model_state(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
@@ -217,7 +217,8 @@ def load_checkpoint(
     set_model_state_dict(model, model_state, options=_state_options(info))
     if optimizer is not None:
         optim_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        set_optimizer_state_dict(model, optimizer, optim_state, options=_state_options(info))
+        # not strict: a trainable parameter that never got a gradient (unused in the forward) has no AdamW state yet
+        set_optimizer_state_dict(model, optimizer, optim_state, options=_state_options(info, strict=False))
     return LoadedCheckpoint(path=path, state=state, data_state=per_rank["data"], rng=per_rank["rng"])
 
 

@@ -82,6 +82,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, backend=backend)
 
 
+def quiet_other_ranks(info: DistInfo) -> None:
+    """Only rank 0 logs INFO: other ranks keep warnings and errors (their messages would repeat rank 0's)."""
+    if not info.is_main:
+        logging.getLogger("instructvla").setLevel(logging.WARNING)
+
+
 def cleanup() -> None:
     """Destroy the process group if one is up."""
     if dist.is_available() and dist.is_initialized():

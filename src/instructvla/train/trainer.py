@@ -368,6 +368,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from instructvla.train.stages import build_parts
 
     info = D.init_distributed(cfg.device)
+    D.quiet_other_ranks(info)
     try:
         parts = build_parts(cfg, info)
         summary = run_training(cfg, parts, info)
