@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -48,20 +47,9 @@ def min_time(fn: Callable[[], object], repeats: int, device: torch.device, warmu
     return best
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak extra memory of one call: CUDA max_memory_allocated, else the process's peak RSS (VmHWM, reset through
-    /proc/self/clear_refs; ru_maxrss delta if that is unavailable)."""
+    """Peak extra tensor memory of one call: CUDA max_memory_allocated; on CPU the running sum of the torch
+    allocator's allocations/frees recorded by the profiler (RSS is useless here: freed blocks are reused)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -69,19 +57,16 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = _status_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-        peak = _status_kb("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    if base is None or peak is None:
-        return float("nan")
-    return max(peak - base, 0) / 1024
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    total = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        total += e.nbytes()
+        peak = max(peak, total)
+    return peak / 2**20
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------------
@@ -160,7 +145,6 @@ def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batc
 
     # (c), (d): stage 2, ours vs peft X-LoRA on the same backbone and experts.
     model = InstructVLA.to_stage2(stage1)
-    del stage1
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a non-trivial language expert, so both do real work
         for ad in model.molora.adapters.values():

@@ -33,6 +33,29 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _normalize_flags(args: list[str], config_cls: type) -> list[str]:
+    """Accept `--a-b` for `--a_b`, and a bare `--flag` for a boolean field as `--flag=true`."""
+    import dataclasses
+    import typing
+
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # unresolvable annotations: leave the flags as given
+        hints = {}
+    bools = {f.name for f in dataclasses.fields(config_cls) if hints.get(f.name) in (bool, bool | None)}
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if not eq and name in bools and (nxt is None or nxt.startswith("--")):
+                eq, value = "=", "true"
+            arg = f"--{name}{eq}{value}"
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `instructvla` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -50,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, config_name, func_name, _ = COMMANDS[name]
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name)
-    cfg = draccus.parse(config_class=config_cls, args=rest, prog=f"instructvla {name}")
+    cfg = draccus.parse(config_class=config_cls, args=_normalize_flags(rest, config_cls), prog=f"instructvla {name}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = getattr(module, func_name)(cfg)
     return int(result) if isinstance(result, int) else 0

@@ -150,6 +150,8 @@ def test_bad_inputs_raise_naming_the_problem() -> None:
         model(inp["latents"][..., :-1], inp["images"], None, x, t)
     with pytest.raises(ValueError, match="images must be preprocessed"):
         model(inp["latents"], torch.randn(2, 1, 3, 48, 48), None, x, t)
+    with pytest.raises(ValueError, match="images contain NaN"):
+        model(inp["latents"], inp["images"] * float("nan"), None, x, t)
     with pytest.raises(ValueError, match="noisy_actions must have shape"):
         model(inp["latents"], inp["images"], None, x[:, :, :6], t)
     with pytest.raises(ValueError, match="actions must have shape"):

@@ -111,3 +111,27 @@ def test_sharded_batches_split_ranks_and_resume():
     assert epoch1 != epoch0[0][0] or next(again) != epoch0[0][1]  # a new permutation each epoch
     with pytest.raises(ValueError, match="batches per epoch"):
         again.load_state_dict({"epoch": 0, "batch": 0, "batches_per_epoch": 4})
+
+
+@pytest.mark.slow
+def test_real_model_fsdp2_keeps_frozen_rows(tmp_path):
+    """FSDP2 replaces parameters (the model's gradient hooks go with them): the trainer re-applies the row mask."""
+    from instructvla.data.dataset import write_synthetic_dataset
+    from instructvla.model.vla import InstructVLA
+
+    data = write_synthetic_dataset(tmp_path / "data", num_episodes=2, length=6, image_size=32)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "instructvla.train.trainer", "--stage=1", f"--dataset={data}", f"--out={out}", "--steps=2",
+           "--batch_size=2", "--strategy=fsdp", "--progress=never", "--device=cpu"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = InstructVLA.from_pretrained(out / "model")
+    fresh = InstructVLA.from_preset("tiny", action_expert_overrides={"num_views": 2})
+    emb, emb0 = trained.backbone.input_embeddings().weight, fresh.backbone.input_embeddings().weight
+    frozen = torch.ones(emb.shape[0], dtype=torch.bool)
+    frozen[trained.query_ids] = False
+    assert torch.equal(emb[frozen], emb0[frozen])
+    assert not torch.equal(emb[~frozen], emb0[~frozen])
+    layer, layer0 = trained.backbone.decoder_layers[0].state_dict(), fresh.backbone.decoder_layers[0].state_dict()
+    assert all(torch.equal(layer[k], layer0[k]) for k in layer)  # FSDP-sharded frozen blocks untouched

@@ -553,6 +553,8 @@ class ActionExpert(nn.Module):
             raise TypeError(
                 f"images must be float (use preprocess_images on uint8 frames), got {images.dtype}"
             )
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or Inf")
         if cfg.use_state:
             if state is None:
                 raise ValueError("state is required: config use_state=True")
