@@ -93,9 +93,9 @@ def build_xlora(model: InstructVLA, tmp: str):
     import peft
     from transformers import AutoModelForImageTextToText
 
-    hf = AutoModelForImageTextToText.from_config(model.backbone.hf.config)
+    with torch.device(model.device):
+        hf = AutoModelForImageTextToText.from_config(model.backbone.hf.config)
     hf.load_state_dict(model.backbone.hf.state_dict())
-    hf.to(model.device)
     paths = {}
     for k in ("0", "1"):
         paths[k] = os.path.join(tmp, f"expert{k}")
@@ -111,93 +111,97 @@ def build_xlora(model: InstructVLA, tmp: str):
 
 
 # ---- one preset -----------------------------------------------------------------------------------------------------
-def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batch: int, think_tokens: int) -> dict:
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext)
-    res: dict[str, float | int | str] = {"preset": name}
-    stage1 = InstructVLA.from_preset(name).to(device).eval()
-    res["params_total"] = sum(p.numel() for p in stage1.parameters())
-    obs = make_samples(stage1, 1)[0]["images"]
+def _amp(device: torch.device, dtype: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+
+
+def bench_stage1(model: InstructVLA, obs: np.ndarray, device: torch.device, dtype: str, repeats: int) -> dict:
+    """(a) action-chunk latency and memory, (b) naive vs prefix-cached flow sampling."""
+    res: dict = {}
     gen = torch.Generator(device="cpu")
 
     def act() -> None:
-        with amp():
-            stage1.predict_action(obs, "put the apple near the plate", generator=gen.manual_seed(0))
+        with _amp(device, dtype):
+            model.predict_action(obs, "put the apple near the plate", generator=gen.manual_seed(0))
 
     res["action_latency_ms"] = 1e3 * min_time(act, repeats, device)
     res["action_peak_mb"] = peak_memory_mb(act, device)
-
-    # (b) flow sampling: full recompute each Euler step vs prefix computed once (KV cache).
-    with torch.no_grad(), amp():
-        lat, b = stage1.latents(obs, "put the apple near the plate")
+    with torch.no_grad(), _amp(device, dtype):
+        lat, b = model.latents(obs, "put the apple near the plate")
     dino = b["dino_images"].to(device)
-    ae = stage1.action_expert
+    ae = model.action_expert
     noise = torch.randn(1, ae.cfg.chunk_size, ae.cfg.action_dim, generator=gen.manual_seed(1)).to(device)
 
     def flow(cache: bool) -> Callable[[], object]:
         def run() -> None:
-            with torch.no_grad(), amp():
+            with torch.no_grad(), _amp(device, dtype):
                 ae.sample(lat, dino, None, noise=noise, use_cache=cache)
         return run
 
     res["flow_naive_ms"] = 1e3 * min_time(flow(False), repeats, device)
     res["flow_cached_ms"] = 1e3 * min_time(flow(True), repeats, device)
     res["flow_cache_speedup"] = res["flow_naive_ms"] / res["flow_cached_ms"]
+    return res
 
-    # (c), (d): stage 2, ours vs peft X-LoRA on the same backbone and experts.
-    model = InstructVLA.to_stage2(stage1)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a non-trivial language expert, so both do real work
-        for ad in model.molora.adapters.values():
-            ad.lora_B[1].copy_(torch.randn(ad.lora_B[1].shape, generator=g).to(ad.lora_B.device) * 0.01)
-    tmp = tempfile.mkdtemp(prefix="instructvla_bench_")
-    xm = build_xlora(model, tmp).eval()
-    enc = model.processor.encode({"images": obs, "conversation": [
-        {"role": "user", "content": action_prompt("put the apple near the plate", think=True)}]},
-        generation_prompt=True)
 
-    def ours_gen() -> None:
-        with amp():
+def _train_batch(model: InstructVLA, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    tb = model.processor(make_samples(model, batch, seed=1))
+    return {k: v.to(device) for k, v in tb.items()}
+
+
+def bench_ours(model: InstructVLA, enc: dict, tb: dict, device: torch.device, dtype: str, repeats: int,
+               think_tokens: int) -> dict:
+    """(c) thinking generation with our MoLoRA + KV cache, (d)/(e) one stage-2 training step."""
+    res: dict = {}
+
+    def gen() -> None:
+        with _amp(device, dtype):
             toks = model._greedy(enc, think_tokens, stop_ids=set())
         assert len(toks) == think_tokens
 
-    ids = enc["input_ids"][None].to(device)
-    pix = enc["pixel_values"][None].to(device)
-
-    def xlora_gen() -> None:
-        with torch.no_grad(), amp():
-            out = xm.generate(input_ids=ids, pixel_values=pix, max_new_tokens=think_tokens,
-                              min_new_tokens=think_tokens, do_sample=False)
-        assert out.shape[1] - ids.shape[1] == think_tokens
-
-    gen_repeats = max(1, min(repeats, 3))
-    res["think_ours_s"] = min_time(ours_gen, gen_repeats, device)
-    res["think_xlora_s"] = min_time(xlora_gen, gen_repeats, device)
-    res["think_speedup_vs_xlora"] = res["think_xlora_s"] / res["think_ours_s"]
-
-    # (d) one stage-2 training step (FM + LM; action expert frozen; AdamW on the trainable set).
-    tb = model.processor(make_samples(model, batch, seed=1))
-    tb = {k: v.to(device) for k, v in tb.items()}
+    res["think_ours_s"] = min_time(gen, max(1, min(repeats, 3)), device)
     model.set_trainable(2)
     model.train()
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-5)
     dgen = torch.Generator(device=device)  # the action expert draws its training noise on the model's device
 
-    def ours_step() -> None:
-        with amp():
+    def step() -> None:
+        with _amp(device, dtype):
             loss = model(tb, generator=dgen.manual_seed(0))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    res["train_ours_s"] = min_time(step, repeats, device)
+    res["train_ours_peak_mb"] = peak_memory_mb(step, device)
+    model.eval()
+    return res
+
+
+def bench_xlora(model: InstructVLA, enc: dict, tb: dict, device: torch.device, dtype: str, repeats: int,
+                think_tokens: int) -> dict:
+    """The same measurements with peft X-LoRA (adapters "0", "1" = our two experts) on the same backbone."""
+    res: dict = {}
+    xm = build_xlora(model, tempfile.mkdtemp(prefix="instructvla_bench_")).eval()
+    ids = enc["input_ids"][None].to(device)
+    pix = enc["pixel_values"][None].to(device)
+
+    def gen() -> None:
+        with torch.no_grad(), _amp(device, dtype):
+            out = xm.generate(input_ids=ids, pixel_values=pix, max_new_tokens=think_tokens,
+                              min_new_tokens=think_tokens, do_sample=False)
+        assert out.shape[1] - ids.shape[1] == think_tokens
+
+    res["think_xlora_s"] = min_time(gen, max(1, min(repeats, 3)), device)
     for n, p in xm.named_parameters():
         p.requires_grad_("lora_" in n or "xlora_classifier" in n)
     xm.train()
-    xopt = torch.optim.AdamW([p for p in xm.parameters() if p.requires_grad], lr=1e-5)
-    labels = tb["labels"]
-    q = tb["query_positions"]
+    opt = torch.optim.AdamW([p for p in xm.parameters() if p.requires_grad], lr=1e-5)
+    labels, q = tb["labels"], tb["query_positions"]
+    dgen = torch.Generator(device=device)
 
-    def xlora_step() -> None:
-        with amp():
+    def step() -> None:
+        with _amp(device, dtype):
             out = xm(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"], pixel_values=tb["pixel_values"],
                      output_hidden_states=True)
             hidden = out.hidden_states[-1]
@@ -206,30 +210,60 @@ def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batc
             lat = torch.gather(hidden, 1, q[..., None].expand(-1, -1, hidden.shape[-1]))
             fm = model.action_expert.loss(lat, tb["dino_images"], None, tb["actions"], generator=dgen.manual_seed(0))
             loss = fm + lm
-        xopt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        xopt.step()
+        opt.step()
 
-    res["train_ours_s"] = min_time(ours_step, repeats, device)
-    res["train_xlora_s"] = min_time(xlora_step, repeats, device)
-    res["train_step_ratio_vs_xlora"] = res["train_ours_s"] / res["train_xlora_s"]
-    res["train_ours_peak_mb"] = peak_memory_mb(ours_step, device)
-    res["train_xlora_peak_mb"] = peak_memory_mb(xlora_step, device)
+    res["train_xlora_s"] = min_time(step, repeats, device)
+    res["train_xlora_peak_mb"] = peak_memory_mb(step, device)
+    return res
+
+
+def bench_preset(name: str, device: torch.device, dtype: str, repeats: int, batch: int, think_tokens: int) -> dict:
+    res: dict = {"preset": name}
+    with torch.device(device):  # random init directly on the device
+        stage1 = InstructVLA.from_preset(name)
+    stage1 = stage1.to(device).eval()
+    res["params_total"] = sum(p.numel() for p in stage1.parameters())
+    obs = make_samples(stage1, 1)[0]["images"]
+    res.update(bench_stage1(stage1, obs, device, dtype, repeats))
+    model = InstructVLA.to_stage2(stage1)
+    del stage1
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a non-trivial language expert, so both implementations do real work
+        for ad in model.molora.adapters.values():
+            ad.lora_B[1].copy_(torch.randn(ad.lora_B[1].shape, generator=g).to(ad.lora_B.device) * 0.01)
+    enc = model.processor.encode({"images": obs, "conversation": [
+        {"role": "user", "content": action_prompt("put the apple near the plate", think=True)}]},
+        generation_prompt=True)
+    tb = _train_batch(model, batch, device)
+    res.update(bench_ours(model, enc, tb, device, dtype, repeats, think_tokens))
+    try:
+        res.update(bench_xlora(model, enc, tb, device, dtype, repeats, think_tokens))
+        res["think_speedup_vs_xlora"] = res["think_xlora_s"] / res["think_ours_s"]
+        res["train_step_ratio_vs_xlora"] = res["train_ours_s"] / res["train_xlora_s"]
+    except Exception as e:  # noqa: BLE001 - report, keep our own numbers
+        res["xlora_error"] = f"{type(e).__name__}: {e}"[:300]
     res["train_batch"] = batch
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return res
 
 
 def print_table(rows: list[dict]) -> None:
-    keys = [k for k in rows[0] if k != "preset"]
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("preset", "xlora_error")))
     width = max(len(k) for k in keys) + 2
     print("metric".ljust(width) + "".join(r["preset"].rjust(14) for r in rows))
     for k in keys:
         cells = []
         for r in rows:
-            v = r[k]
-            cells.append((f"{v:,.3f}" if isinstance(v, float) else f"{v:,}").rjust(14))
+            v = r.get(k)
+            cells.append(("n/a" if v is None else f"{v:,.3f}" if isinstance(v, float) else f"{v:,}").rjust(14))
         target = f"  (target {'>=' if k != 'train_step_ratio_vs_xlora' else '<='}{TARGETS[k]})" if k in TARGETS else ""
         print(k.ljust(width) + "".join(cells) + target)
+    for r in rows:
+        if "xlora_error" in r:
+            print(f"X-LoRA failed for {r['preset']}: {r['xlora_error']}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=20, help="expert episodes per family")
     p.add_argument("--steps", type=int, default=150, help="control steps per speed measurement")
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 224], help="camera sizes (px) for the speed test")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[128, 224], help="camera sizes (px) for the speed test"
+    )
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--noise", type=float, default=0.0, help="expert noise_prob for the success measurement")
     args = p.parse_args(argv)

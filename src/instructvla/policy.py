@@ -124,16 +124,14 @@ class Policy:
         self.source = source
         self._lock = threading.Lock()
         self._info = _spec_from_model(model)
-        stats = getattr(model, "norm_stats", None)
-        if not stats:
-            raise ValueError(
-                f"model from {source or 'memory'} has no normalisation stats (normalization.json); a policy needs "
-                "them to unnormalise actions"
-            )
-        try:
-            norm.validate_stats(stats, self._info["action_dim"], self._info["state_dim"] if self._info["use_state"] else None)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"normalisation stats of {source or 'the model'} are unusable: {e}") from e
+        stats = getattr(model, "norm_stats", None) or None
+        if stats is not None:
+            try:
+                norm.validate_stats(stats, self._info["action_dim"],
+                                    self._info["state_dim"] if self._info["use_state"] else None)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"normalisation stats of {source or 'the model'} are unusable: {e}") from e
+        # Without stats (e.g. a stage-0 VLM) the policy can chat but not act: `_act` says so per request.
         self.norm_stats = stats
         if self._info["num_views"] > 2:
             raise ValueError(f"the model expects {self._info['num_views']} views; the policy serves at most 2 cameras")
@@ -206,13 +204,13 @@ class Policy:
                 {"dim": info["state_dim"], "names": list(STATE_NAMES[: info["state_dim"]])}
                 if info["use_state"] else None
             ),
-            "stats": _jsonable_stats(self.norm_stats),
+            "stats": None if self.norm_stats is None else _jsonable_stats(self.norm_stats),
             "think_default": cfg.think,
             "reasoning_every": cfg.reasoning_every,
             "ensemble": {"enabled": cfg.ensemble, "horizon": cfg.ensemble_horizon, "alpha": cfg.ensemble_alpha},
             "latent_cache_every": cfg.latent_cache_every,
             "center_crop_area": cfg.center_crop_area,
-            "modes": ["act", "chat"],
+            "modes": ["act", "chat"] if self.norm_stats is not None else ["chat"],
             "options": dict(OPTION_DOC),
         }
 
@@ -264,6 +262,11 @@ class Policy:
         return np.asarray(norm.normalize(request.state, self.norm_stats, "state"), dtype=np.float32)
 
     def _act(self, images: np.ndarray, request: Request) -> dict:
+        if self.norm_stats is None:
+            raise ProtocolError(
+                f"model {self.name!r} has no normalisation stats (normalization.json), so it cannot unnormalise "
+                "actions; it only answers mode='chat' requests (train stage 1 to get an acting policy)"
+            )
         ep, cfg = self._episode, self.config
         think = cfg.think if request.options.think is None else request.options.think
         state = self._normalized_state(request)

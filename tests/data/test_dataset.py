@@ -77,3 +77,13 @@ def test_dataloader(root):
     dl = DataLoader(ds, batch_size=4, sampler=ResumableSampler(len(ds), seed=0), collate_fn=collate_samples)
     batch = next(iter(dl))
     assert len(batch) == 4 and all(b["actions"].shape == (16, 7) for b in batch)
+
+
+def test_pickles_for_spawned_workers(root):
+    import pickle
+
+    ds = RobotDataset(root, stage=1, image_size=32)
+    ds[0]  # opens video containers and fills the frame cache
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.reader._cached == 0
+    np.testing.assert_array_equal(clone[3]["actions"], ds[3]["actions"])

@@ -223,3 +223,87 @@ def test_av1_codec(tmp_path):
     r = LeRobotDatasetReader(root)
     assert r.info["features"]["observation.images.primary"]["info"]["video.codec"] == "av1"
     assert r.episode_frames(1, "observation.images.primary").shape == (4, 64, 64, 3)
+
+
+LEROBOT_CHECK = """
+import sys
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+ds = LeRobotDataset("local/test", root=sys.argv[1], video_backend="pyav",
+                    delta_timestamps={"action": [i / 10 for i in range(16)]})
+item = ds[len(ds) - 2]
+assert tuple(item["observation.images.primary"].shape) == (3, 32, 32), item["observation.images.primary"].shape
+assert tuple(item["action"].shape) == (16, 7) and bool(item["action_is_pad"][2]) and not bool(item["action_is_pad"][1])
+assert item["task"] == "put the apple on the plate", item["task"]
+print("ok", len(ds))
+"""
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("INSTRUCTVLA_LEROBOT_PYTHON"),
+                    reason="set INSTRUCTVLA_LEROBOT_PYTHON to a python with lerobot>=0.4 (Python 3.12 venv)")
+def test_lerobot_itself_reads_it(tmp_path):
+    """Cross-check with the real LeRobot in its own interpreter (it cannot share our venv)."""
+    import os
+    import subprocess
+
+    root = write_synthetic_dataset(tmp_path / "x", num_episodes=2, length=(6, 9), image_size=32)
+    out = subprocess.run([os.environ["INSTRUCTVLA_LEROBOT_PYTHON"], "-c", LEROBOT_CHECK, root], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and "ok 15" in out.stdout, out.stderr[-3000:]
+
+
+def test_reads_multi_file_and_image_features(root, tmp_path):
+    """Datasets LeRobot writes may split data over several files and store cameras as PNG structs."""
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    d = _copy(root, tmp_path)
+    data = pq.read_table(d / "data/chunk-000/file-000.parquet")
+    split = LENGTHS[0] + LENGTHS[1]
+    png = []
+    for i in range(len(data)):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 10, 3), i % 256, np.uint8)).save(buf, format="PNG")
+        png.append({"bytes": buf.getvalue(), "path": None})
+    data = data.append_column("observation.images.top", pa.array(png))
+    (d / "data/chunk-000/file-000.parquet").unlink()
+    pq.write_table(data.slice(0, split), d / "data/chunk-000/file-000.parquet")
+    (d / "data/chunk-001").mkdir()
+    pq.write_table(data.slice(split), d / "data/chunk-001/file-000.parquet")
+    eps = pq.read_table(d / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    eps[2]["data/chunk_index"] = 1
+    pq.write_table(pa.Table.from_pylist(eps), d / "meta/episodes/chunk-000/file-000.parquet")
+    _edit_json(d / "meta/info.json", lambda i: i["features"].__setitem__(
+        "observation.images.top", {"dtype": "image", "shape": [8, 10, 3], "names": ["height", "width", "channel"]}))
+    r = LeRobotDatasetReader(d)
+    assert len(r) == sum(LENGTHS) and "observation.images.top" in r.camera_keys
+    assert r.image(2, 3, "observation.images.top")[0, 0, 0] == split + 3
+    np.testing.assert_array_equal(r.column("action")[split:], pq.read_table(
+        d / "data/chunk-001/file-000.parquet").column("action").combine_chunks().flatten().to_numpy().reshape(-1, 7))
+
+
+def test_pre_encoded_episodes(tmp_path, episodes):
+    """Workers may encode episodes themselves; the writer stream-copies them (same result as raw frames)."""
+    from instructvla.data.lerobot import encode_episode_video
+
+    feats = robot_features({"primary": (32, 48), "wrist": (32, 48)})
+    with LeRobotDatasetWriter(tmp_path / "enc", 10, feats) as w:
+        for i, ep in enumerate(episodes):
+            frames = dict(ep)
+            for cam in ("observation.images.primary", "observation.images.wrist"):
+                frames[cam] = encode_episode_video(ep[cam], tmp_path / f"{i}-{cam}.mp4", 10)
+            w.add_episode(frames, f"task {i % 2}")
+    r = LeRobotDatasetReader(tmp_path / "enc")
+    for e, ep in enumerate(episodes):
+        assert np.abs(r.episode_frames(e, "observation.images.wrist").astype(int) - ep["observation.images.wrist"]
+                      ).mean() < 8
+    seek = LeRobotDatasetReader(tmp_path / "enc", cache_bytes=0)
+    np.testing.assert_array_equal(seek.image(2, 8, "observation.images.primary"),
+                                  r.image(2, 8, "observation.images.primary"))
+    w = LeRobotDatasetWriter(tmp_path / "bad", 10, feats)
+    frames = dict(episodes[0])
+    frames["observation.images.primary"] = encode_episode_video(episodes[0]["observation.images.primary"],
+                                                                tmp_path / "x.mp4", 10, VideoConfig(codec="hevc"))
+    with pytest.raises(ValueError, match="encoded with hevc"):
+        w.add_episode(frames, "t")

@@ -84,6 +84,28 @@ def test_generation_with_kv_cache(router):
     assert w.shape[-1] == 2 and not torch.allclose(w, torch.ones_like(w))
 
 
+@pytest.mark.parametrize("router", ["embeddings", "adapter_free_hidden"])
+def test_cached_step_equals_full_recompute(router):
+    m = _stage2(router, seed=1)
+    b = m.backbone
+    enc = m.processor.encode({"images": np.zeros((1, 64, 64, 3), np.uint8),
+                              "conversation": [{"role": "user", "content": "What is on the table?"}]},
+                             generation_prompt=True)
+    ids, pix = enc["input_ids"][None], enc["pixel_values"][None]
+    with torch.no_grad():
+        full, _ = b.hidden_states(ids, None, pix)
+        w_full = m.molora.last_weights[:, -2:].clone()
+        _, cache = b.hidden_states(ids[:, :-2], None, pix, use_cache=True)
+        h1, cache = b.hidden_states(ids[:, -2:-1], None, None, cache=cache, use_cache=True)
+        w1 = m.molora.last_weights.clone()
+        h2, _ = b.hidden_states(ids[:, -1:], None, None, cache=cache, use_cache=True)
+    assert torch.allclose(torch.cat([w1, m.molora.last_weights], 1), w_full, atol=1e-5)
+    assert torch.allclose(torch.cat([h1, h2], 1), full[:, -2:], atol=1e-5)
+    with m.molora.disabled(), torch.no_grad():
+        plain, _ = b.hidden_states(ids, None, pix)
+    assert not torch.allclose(plain[:, -1], full[:, -1], atol=1e-3)
+
+
 def test_gradient_checkpointing_router_gets_gradient():
     grads = {}
     for ckpt in (False, True):

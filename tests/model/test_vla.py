@@ -211,3 +211,18 @@ def test_inference_input_errors(tiny):
     batch["input_ids"][0, batch["query_positions"][0, 3]] = 20
     with pytest.raises(ValueError, match="missing query tokens"):
         tiny(batch)
+
+
+def test_reusing_a_backbone_detaches_old_hooks():
+    a = InstructVLA.from_preset("tiny", num_queries=4, image_size=64)
+    _perturb_lora(a)
+    b = InstructVLA(a.config, backbone=a.release_backbone())
+    batch = b.processor(_samples(1, has_action=False))
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    with torch.no_grad():
+        h, _ = b.backbone.hidden_states(*args)
+        with b.molora.disabled():
+            h0, _ = b.backbone.hidden_states(*args)
+    assert torch.equal(h, h0)  # b's own LoRA is zero-init; a's perturbed hooks are gone
+    c = InstructVLA(a.config, backbone=b.backbone)  # implicit: warns and detaches b's hooks
+    assert b.backbone._attached == [c.molora]

@@ -60,3 +60,19 @@ def test_expert_validation():
     env = make_env("pick/any", render=False)
     with pytest.raises(ValueError, match="noise_prob"):
         make_expert(env, noise_prob=1.5)
+
+
+@pytest.mark.slow
+def test_expert_success_rate_over_20_seeds():
+    for family in FAMILIES:
+        env = make_env(f"{family}/any", render=False)
+        expert = make_expert(env)
+        ok = sum(run_episode(env, expert, seed)[0] for seed in range(20))
+        assert ok >= 19, f"{family}: expert solved only {ok}/20"
+
+
+@pytest.mark.parametrize("task", ["pick/from-middle-drawer", "pick/from-bottom-drawer"])
+def test_expert_picks_from_an_open_drawer(task):
+    env = make_env(task, render=False)
+    ok, _ = run_episode(env, make_expert(env), 0)
+    assert ok and env.task.layout.objects[0].in_drawer is not None

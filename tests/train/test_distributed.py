@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy import toy_parts
 
 from instructvla.train import checkpoint as ckpt
+from instructvla.train.config import TrainConfig
 from instructvla.train.distributed import DistInfo, ShardedBatches
+from instructvla.train.trainer import run_training
 
 TOY = str(Path(__file__).with_name("toy.py"))
 
@@ -77,8 +80,9 @@ def test_two_process_fsdp2_gloo_resume(tmp_path):
 def test_resume_after_sigkill_gives_the_same_loss_curve(tmp_path):
     steps, kill_after = 12, "step-000004"
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, TOY, *_args(full, f"--steps={steps}", "--save_every=2")], env=_env(),
-                   check=True, capture_output=True, timeout=60)
+    # the uninterrupted reference runs in this process (same single-thread CPU numerics as the subprocesses)
+    run_training(TrainConfig(stage=1, dataset="toy", out=str(full), batch_size=4, log_every=1, progress="never",
+                             keep_last=0, steps=steps, save_every=2), toy_parts(), DistInfo())
     proc = subprocess.Popen([sys.executable, TOY, *_args(killed, f"--steps={steps}", "--save_every=2")],
                             env=_env(TOY_STEP_SLEEP="0.05"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -135,3 +139,17 @@ def test_real_model_fsdp2_keeps_frozen_rows(tmp_path):
     assert not torch.equal(emb[~frozen], emb0[~frozen])
     layer, layer0 = trained.backbone.decoder_layers[0].state_dict(), fresh.backbone.decoder_layers[0].state_dict()
     assert all(torch.equal(layer[k], layer0[k]) for k in layer)  # FSDP-sharded frozen blocks untouched
+
+
+def test_epoch_indices_ask_for_a_fresh_draw_each_epoch():
+    class Redraw:
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, k):
+            return k  # a dataset that re-draws item k % 4 for epoch k // 4
+
+    stream = ShardedBatches(Redraw(), 2, DistInfo(), seed=0, collate=list, epoch_indices=True)
+    first = sorted(next(stream) + next(stream))
+    second = sorted(next(stream) + next(stream))
+    assert first == [0, 1, 2, 3] and second == [4, 5, 6, 7]

@@ -94,13 +94,14 @@ def test_partial_checkpoint_never_becomes_latest(tmp_path):
     # a save killed half-way: its temporary folder, or a step folder without the state file
     (root / ".tmp-step-000006").mkdir()
     (root / ".tmp-step-000006" / "model.pt").write_bytes(b"partial")
+    (root / ".tmp-step-000005").mkdir()
     (root / "step-000008").mkdir()
     (root / "step-000008" / "model.pt").write_bytes(b"partial")
     assert ckpt.latest_checkpoint(tmp_path).name == "step-000004"
     # resuming continues from step 4 and the next save replaces the stale temporary folder
     run_training(cfg(tmp_path, steps=6, resume=True), toy_parts(), ONE)
     assert ckpt.latest_checkpoint(tmp_path).name == "step-000006"
-    assert not (root / ".tmp-step-000006").exists()
+    assert not (root / ".tmp-step-000006").exists() and not (root / ".tmp-step-000005").exists()
 
 
 def test_keep_last_prunes_old_checkpoints(tmp_path):
@@ -137,3 +138,9 @@ def test_frozen_parameters_do_not_move(tmp_path):
     run_training(cfg(tmp_path, steps=3), parts, ONE)
     after = parts.model.blocks.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dataloader_workers_give_the_same_run(tmp_path):
+    run_training(cfg(tmp_path / "a", steps=4, save_every=0), toy_parts(), ONE)
+    run_training(cfg(tmp_path / "b", steps=4, save_every=0, num_workers=1), toy_parts(), ONE)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")

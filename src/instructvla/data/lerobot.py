@@ -74,8 +74,10 @@ class DatasetError(ValueError):
 
 @dataclass
 class VideoConfig:
-    """How camera streams are encoded. h264 (libx264) is the default: measured ~5-10x faster to encode than AV1
-    (libsvtav1) on our CPUs at equal quality (benchmarks in the collect report); "av1" is LeRobot's own default.
+    """How camera streams are encoded. h264 (libx264, preset veryfast, crf 18) is the default: on rendered tabletop
+    frames it encoded 1.6x (128 px) to 1.6-2.8x (224 px) faster than AV1 (libsvtav1 preset 12, crf 30) on one
+    thread, with a similar error (mean abs 2.4 vs 2.3 levels at 224 px) and smaller files; decoding speed was equal
+    (benchmarks/collect_speed.py). "av1" is LeRobot's own default and is fully supported here.
 
     codec:   "h264" | "av1" | "hevc" (or the encoder names libx264 / libsvtav1 / libx265).
     crf:     quality (lower = better); None = the encoder's default.
@@ -114,8 +116,47 @@ class VideoConfig:
         return opts
 
 
+_CANONICAL = {"libx264": "h264", "libsvtav1": "av1", "libx265": "hevc"}
+
+
+def _stats_sample(frames: np.ndarray, k: int) -> np.ndarray:
+    """k evenly spaced frames, every 4th pixel: plenty for colour stats, tiny to ship between processes."""
+    sel = np.linspace(0, len(frames) - 1, min(k, len(frames))).round().astype(int)
+    return np.ascontiguousarray(np.asarray(frames)[sel][:, ::4, ::4])
+
+
+@dataclass
+class EncodedVideo:
+    """One episode's camera stream already encoded to its own mp4 (e.g. by a collection worker), ready to be
+    appended to the dataset's video file by stream copy (no re-encoding). Make it with `encode_episode_video`."""
+
+    path: str
+    num_frames: int
+    height: int
+    width: int
+    codec: str
+    stats_frames: np.ndarray  # a small frame subsample for the image stats
+
+
+def encode_episode_video(frames: np.ndarray, path: str | os.PathLike, fps: int, cfg: VideoConfig | None = None,
+                         stats_frames: int = 8) -> EncodedVideo:
+    """Encode (T, H, W, 3) uint8 frames to `path` (pts from 0) for `LeRobotDatasetWriter.add_episode`."""
+    cfg = cfg or VideoConfig()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    w = _VideoWriter(Path(path), fps, cfg)
+    try:
+        w.write(frames)
+    finally:
+        w.close()
+    return EncodedVideo(str(path), len(frames), frames.shape[1], frames.shape[2], _CANONICAL[cfg.encoder],
+                        _stats_sample(frames, stats_frames))
+
+
 class _VideoWriter:
-    """One mp4 stream, frames appended across episodes with pts = running frame count (time base 1/fps)."""
+    """One mp4 stream, frames appended across episodes with pts = running frame count (time base 1/fps), either
+    encoded here (`write`) or copied from per-episode mp4s (`append_encoded`); one mode per file."""
 
     def __init__(self, path: Path, fps: int, cfg: VideoConfig):
         import av
@@ -126,6 +167,7 @@ class _VideoWriter:
             os.environ.setdefault("SVT_LOG", "1")  # errors only; svt-av1 prints a banner otherwise
         self._container = av.open(str(path), "w")
         self._stream = None
+        self._copying = False
         self.count = 0
         self.shape: tuple[int, int] | None = None
 
@@ -133,6 +175,8 @@ class _VideoWriter:
         import av
 
         h, w = frames.shape[1:3]
+        if self._copying:
+            raise ValueError(f"{self.path}: cannot mix encoded episodes and raw frames in one video file")
         if self._stream is None:
             if h % 2 or w % 2:
                 raise ValueError(f"{self.path}: yuv420p needs even height and width, got {h}x{w}")
@@ -147,8 +191,44 @@ class _VideoWriter:
             self._container.mux(self._stream.encode(frame))
             self.count += 1
 
+    def append_encoded(self, ev: EncodedVideo) -> None:
+        """Stream-copy one pre-encoded episode, shifting its timestamps to follow the frames already written."""
+        import av
+
+        if self._stream is not None and not self._copying:
+            raise ValueError(f"{self.path}: cannot mix encoded episodes and raw frames in one video file")
+        if ev.codec != _CANONICAL[self.cfg.encoder]:
+            raise ValueError(f"{ev.path}: encoded with {ev.codec}, this dataset uses {_CANONICAL[self.cfg.encoder]}")
+        try:
+            inp = av.open(ev.path)
+        except (OSError, av.error.FFmpegError) as e:
+            raise ValueError(f"{ev.path}: cannot open encoded episode ({e})") from e
+        with inp:
+            ist = inp.streams.video[0]
+            if (ist.height, ist.width) != (ev.height, ev.width):
+                raise ValueError(f"{ev.path}: video is {ist.height}x{ist.width}, expected {ev.height}x{ev.width}")
+            if self._stream is None:
+                self._stream = self._container.add_stream_from_template(ist, opaque=True)
+                self._stream.time_base = ist.time_base
+                self._copying, self.shape = True, (ist.height, ist.width)
+            elif (ist.height, ist.width) != self.shape:
+                raise ValueError(f"{ev.path}: frame size {ist.height}x{ist.width} differs from the stream's {self.shape}")
+            offset = round(Fraction(self.count, self.fps) / ist.time_base)
+            n = 0
+            for pkt in inp.demux(ist):
+                if pkt.dts is None:
+                    continue
+                pkt.pts += offset
+                pkt.dts += offset
+                pkt.stream = self._stream
+                self._container.mux(pkt)
+                n += 1
+        if n != ev.num_frames:
+            raise ValueError(f"{ev.path}: holds {n} frames, expected {ev.num_frames}")
+        self.count += n
+
     def close(self) -> None:
-        if self._stream is not None:
+        if self._stream is not None and not self._copying:
             self._container.mux(self._stream.encode())
         self._container.close()
 
@@ -160,6 +240,9 @@ class _VideoReader:
         self.path, self.tolerance_s = path, tolerance_s
         self._container = None
         self._pid = -1
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_container": None, "_pid": -1}  # containers do not pickle; reopen on use
 
     def _open(self):
         import av
@@ -328,7 +411,7 @@ class LeRobotDatasetWriter:
         if exc_type is None:
             self.finalize()
         else:
-            self._abort()
+            self.abort()
 
     @property
     def num_episodes(self) -> int:
@@ -336,7 +419,8 @@ class LeRobotDatasetWriter:
 
     def add_episode(self, frames: Mapping[str, Any], task: str) -> int:
         """Append one episode. frames: every user feature -> (T, ...) array (videos (T, H, W, 3) uint8,
-        strings a list of T str). Returns the episode index."""
+        strings a list of T str; a video may instead be an `EncodedVideo` made with the same VideoConfig and fps).
+        Returns the episode index. A failure while appending videos leaves the writer unusable (aborted)."""
         if self._closed:
             raise RuntimeError("writer is finalized")
         if not isinstance(task, str) or not task:
@@ -346,7 +430,8 @@ class LeRobotDatasetWriter:
         extra = [k for k in frames if k not in self.features]
         if missing or extra:
             raise ValueError(f"episode frames: missing features {missing}, unknown features {extra}")
-        lengths = {k: len(frames[k]) for k in user_keys}
+        lengths = {k: (frames[k].num_frames if isinstance(frames[k], EncodedVideo) else len(frames[k]))
+                   for k in user_keys}
         length = next(iter(lengths.values()))
         if len(set(lengths.values())) != 1:
             raise ValueError(f"episode features have different lengths: {lengths}")
@@ -362,9 +447,18 @@ class LeRobotDatasetWriter:
                     raise ValueError(f"feature {k!r}: expected a list of str")
                 cols[k] = pa.array(vals, pa.string())
                 continue
-            arr = np.asarray(frames[k])
+            arr = frames[k] if isinstance(frames[k], EncodedVideo) else np.asarray(frames[k])
             want = (length, *ft["shape"]) if ft["shape"] != [1] else (length,)
             if ft["dtype"] == "video":
+                if isinstance(frames[k], EncodedVideo):
+                    ev = frames[k]
+                    if [ev.height, ev.width, 3] != ft["shape"]:
+                        raise ValueError(f"feature {k!r}: encoded video is {ev.height}x{ev.width}, feature shape is "
+                                         f"{ft['shape']}")
+                    if ev.codec != _CANONICAL[self.video.encoder]:
+                        raise ValueError(f"feature {k!r}: encoded with {ev.codec}, the dataset uses "
+                                         f"{_CANONICAL[self.video.encoder]}")
+                    continue
                 if arr.dtype != np.uint8 or arr.ndim != 4 or list(arr.shape[1:]) != ft["shape"]:
                     raise ValueError(f"feature {k!r}: expected uint8 frames (T, {', '.join(map(str, ft['shape']))}),"
                                      f" got {arr.dtype} {arr.shape}")
@@ -403,11 +497,18 @@ class LeRobotDatasetWriter:
         for k in self.video_keys:
             w = self._videos[k]
             start = w.count
-            w.write(np.asarray(frames[k]))
+            try:
+                if isinstance(frames[k], EncodedVideo):
+                    w.append_encoded(frames[k])
+                    sample = np.asarray(frames[k].stats_frames)
+                else:
+                    w.write(np.asarray(frames[k]))
+                    sample = _stats_sample(frames[k], self._stats_frames)
+            except Exception:
+                self.abort()  # the data rows are written already: the dataset cannot be completed
+                raise
             row |= {f"videos/{k}/chunk_index": 0, f"videos/{k}/file_index": 0,
                     f"videos/{k}/from_timestamp": start / self.fps, f"videos/{k}/to_timestamp": w.count / self.fps}
-            sel = np.linspace(0, length - 1, min(self._stats_frames, length)).round().astype(int)
-            sample = np.asarray(frames[k])[sel][:, ::4, ::4]  # subsampled pixels are plenty for colour stats
             self._img_samples[k].append(sample)
             ep_stats[k] = image_stats(sample)
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
@@ -418,7 +519,8 @@ class LeRobotDatasetWriter:
         self._total += length
         return ep
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Close the streams without writing meta/ (the directory is left incomplete)."""
         if self._closed:
             return
         self._closed = True
@@ -431,7 +533,7 @@ class LeRobotDatasetWriter:
         if self._closed:
             return self.root
         if not self._episodes:
-            self._abort()
+            self.abort()
             raise ValueError("no episode was added")
         self._closed = True
         self._pq.close()
@@ -611,6 +713,10 @@ class LeRobotDatasetReader:
         frame_bytes = sum(int(np.prod(self.features[k]["shape"])) for k in self.camera_keys)
         self.whole_episode_decoding = frame_bytes * len(self) <= cache_bytes
 
+    def __getstate__(self) -> dict:
+        # decoded-frame cache stays behind (DataLoader workers with spawn get a light copy)
+        return {**self.__dict__, "_cache": OrderedDict(), "_cached": 0}
+
     # --- metadata loading
     def _load_tasks(self) -> list[str]:
         path = self.root / TASKS_PATH
@@ -703,8 +809,8 @@ class LeRobotDatasetReader:
         raw = _read_json(path)
         stats = {k: {s: np.asarray(v, dtype=np.float64) for s, v in d.items()} for k, d in raw.items()}
         for k, ft in self.features.items():
-            if ft["dtype"] in ("string", "language") or k not in stats and ft["dtype"] in ("video", "image"):
-                continue
+            if ft["dtype"] in ("string", "language") or (k not in stats and ft["dtype"] in ("video", "image")):
+                continue  # LeRobot keeps no stats for text; camera stats are optional for reading
             if k not in stats:
                 raise DatasetError(path, f"no stats for feature {k!r}")
             lacking = [s for s in REQUIRED_STATS if s not in stats[k]]

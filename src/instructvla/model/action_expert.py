@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from instructvla.model.expert_transformer import ExpertTransformer
+from instructvla.model.film_vision import IMAGENET_MEAN, IMAGENET_STD, FiLMDinoV2, preprocess_images
 from instructvla.model.flow import (
     ATTENTION_KINDS,
     block_attention_mask,
@@ -35,8 +34,6 @@ from instructvla.model.flow import (
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PRESETS: tuple[str, ...] = ("tiny", "small", "base")
 
 
@@ -268,206 +265,6 @@ class PrefixCache:
         return self.embeds.shape[1]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Llama-style transformer (RMSNorm, RoPE, SwiGLU, MHA) on torch SDPA, with a prefix KV cache. Parameter names follow
-# transformers' LlamaDecoderLayer so weights can be mapped.
-
-
-class _RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def _rope(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, ...]:
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    )
-    freqs = positions.float()[:, None] * inv_freq[None]
-    emb = torch.cat([freqs, freqs], dim=-1)  # (L, head_dim)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
-class _Attention(nn.Module):
-    def __init__(self, cfg: ActionExpertConfig) -> None:
-        super().__init__()
-        d = cfg.hidden_size
-        self.num_heads = cfg.num_heads
-        self.head_dim = d // cfg.num_heads
-        self.dropout = cfg.attention_dropout
-        self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
-        self.o_proj = nn.Linear(d, d, bias=False)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, n, _ = x.shape
-        q, k, v = (
-            p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-            for p in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
-        if mask is not None and mask.dtype != q.dtype:
-            mask = mask.to(q.dtype)  # e.g. under bf16 autocast
-        out = F.scaled_dot_product_attention(
-            q, k_all, v_all, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1)), k, v
-
-
-class _DecoderLayer(nn.Module):
-    def __init__(self, cfg: ActionExpertConfig) -> None:
-        super().__init__()
-        self.input_layernorm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = _Attention(cfg)
-        self.post_attention_layernorm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = nn.ModuleDict(
-            {
-                "gate_proj": nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False),
-                "up_proj": nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False),
-                "down_proj": nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False),
-            }
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attn, k, v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
-        x = x + attn
-        h = self.post_attention_layernorm(x)
-        x = x + self.mlp["down_proj"](F.silu(self.mlp["gate_proj"](h)) * self.mlp["up_proj"](h))
-        return x, k, v
-
-
-class _Transformer(nn.Module):
-    """Decoder stack over inputs_embeds; RoPE positions start at `start` (the prefix length for cached steps)."""
-
-    def __init__(self, cfg: ActionExpertConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.layers = nn.ModuleList([_DecoderLayer(cfg) for _ in range(cfg.num_layers)])
-        self.gradient_checkpointing = False
-        self.norm = _RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        start: int = 0,
-        past: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        cos, sin = _rope(positions, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, x.dtype)
-        keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            layer_past = None if past is None else (past[0][i], past[1][i])
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, k, v = checkpoint(layer, x, cos, sin, mask, layer_past, use_reentrant=False)
-            else:
-                x, k, v = layer(x, cos, sin, mask, layer_past)
-            keys.append(k)
-            values.append(v)
-        return self.norm(x), keys, values
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# FiLM-conditioned DINOv2-with-registers
-
-
-class FiLMDinoV2(nn.Module):
-    """transformers' Dinov2WithRegistersModel run block by block, FiLM after each block's attention.
-
-    Per block: x <- x + Attn(LN(x)); x <- x * (1 + gamma) + beta; x <- x + MLP(LN(x)), with gamma, beta linear in the
-    conditioning vector (the mean latent query). Returns patch tokens only (CLS and registers stripped).
-    """
-
-    def __init__(self, cfg: ActionExpertConfig) -> None:
-        super().__init__()
-        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-        self.cfg = cfg
-        dino_cfg = Dinov2WithRegistersConfig(
-            hidden_size=cfg.vision_hidden_size,
-            num_hidden_layers=cfg.vision_num_layers,
-            num_attention_heads=cfg.vision_num_heads,
-            mlp_ratio=cfg.vision_mlp_ratio,
-            patch_size=cfg.vision_patch_size,
-            image_size=cfg.image_size,
-            num_register_tokens=cfg.vision_num_registers,
-            layerscale_value=cfg.vision_layerscale_value,
-            hidden_dropout_prob=cfg.vision_dropout,
-            attention_probs_dropout_prob=cfg.vision_dropout,
-            drop_path_rate=cfg.vision_drop_path_rate,
-        )
-        dino_cfg._attn_implementation = "sdpa"
-        self.dino = Dinov2WithRegistersModel(dino_cfg)
-        self.dino.embeddings.mask_token.requires_grad_(
-            False
-        )  # masked-image pretraining only; never used here
-        n_used = cfg.vision_blocks_used
-        self.use_final_norm = n_used == cfg.vision_num_layers
-        # Blocks after the feature layer (and the final norm when unused) are dropped: they would be dead weights.
-        self.dino.encoder.layer = self.dino.encoder.layer[:n_used]
-        if not self.use_final_norm:
-            self.dino.layernorm = nn.Identity()
-        self.film_gamma = nn.ModuleList(
-            [nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)]
-        )
-        self.film_beta = nn.ModuleList(
-            [nn.Linear(cfg.latent_dim, cfg.vision_hidden_size) for _ in range(n_used)]
-        )
-        self.num_prefix_tokens = 1 + cfg.vision_num_registers
-        self.gradient_checkpointing = False
-
-    def forward(self, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """pixels (N, 3, S, S) normalised, cond (N, latent_dim) -> patch features (N, num_patches, vision_hidden)."""
-        x = self.dino.embeddings(pixels)
-        for block, g_lin, b_lin in zip(self.dino.encoder.layer, self.film_gamma, self.film_beta, strict=True):
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(_film_block, block, g_lin, b_lin, x, cond, use_reentrant=False)
-            else:
-                x = _film_block(block, g_lin, b_lin, x, cond)
-        x = self.dino.layernorm(x)
-        return x[:, self.num_prefix_tokens :]
-
-
-def _film_block(
-    block: nn.Module, g_lin: nn.Linear, b_lin: nn.Linear, x: torch.Tensor, cond: torch.Tensor
-) -> torch.Tensor:
-    """One DINOv2 block with FiLM between attention and MLP, from the block's public sub-modules."""
-    attn, _ = block.attention(block.norm1(x))
-    x = x + block.drop_path(block.layer_scale1(attn))
-    x = x * (1.0 + g_lin(cond)[:, None]) + b_lin(cond)[:, None]
-    return x + block.drop_path(block.layer_scale2(block.mlp(block.norm2(x))))
-
-
 def _mlp2(d_in: int, d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d), nn.SiLU(), nn.Linear(d, d))
 
@@ -490,7 +287,7 @@ class ActionExpert(nn.Module):
         self.state_proj = _mlp2(cfg.state_dim, d) if cfg.use_state else None
         self.action_in = nn.Linear(cfg.action_dim, d)
         self.action_time_mlp = _mlp2(2 * d, d)
-        self.transformer = _Transformer(cfg)
+        self.transformer = ExpertTransformer(cfg)
         widths = [cfg.chunk_size * d, *cfg.resolved_head_widths()]
         layers: list[nn.Module] = []
         for w_in, w_out in zip(widths[:-1], widths[1:]):
@@ -508,31 +305,7 @@ class ActionExpert(nn.Module):
 
     def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, V, H, W, 3) -> float (B, V, 3, S, S): optional center crop, antialiased resize, ImageNet norm."""
-        cfg = self.cfg
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8 (B, V, H, W, 3), got dtype {images.dtype}")
-        if images.ndim != 5:
-            raise ValueError(f"images must have 5 dims (B, V, H, W, 3), got shape {tuple(images.shape)}")
-        b, v, h, w, c = images.shape
-        if c != 3:
-            raise ValueError(
-                f"images must have 3 colour channels last, got {c} (shape {tuple(images.shape)})"
-            )
-        if v != cfg.num_views:
-            raise ValueError(f"images has {v} views, config num_views={cfg.num_views}")
-        x = images.reshape(b * v, h, w, 3).permute(0, 3, 1, 2).float().div_(255.0)
-        if cfg.center_crop_ratio < 1.0:
-            ch, cw = max(1, round(h * cfg.center_crop_ratio)), max(1, round(w * cfg.center_crop_ratio))
-            top, left = (h - ch) // 2, (w - cw) // 2
-            x = x[:, :, top : top + ch, left : left + cw]
-        s = cfg.image_size
-        if x.shape[-2:] != (s, s):
-            x = F.interpolate(x, size=(s, s), mode=cfg.resize_mode, align_corners=False, antialias=True)
-            x = x.clamp_(0.0, 1.0)
-        x = (x - self.image_mean) / self.image_std
-        return x.reshape(b, v, 3, s, s).to(self._dtype)
+        return preprocess_images(images, self.cfg, self.image_mean, self.image_std).to(self._dtype)
 
     def _check_prefix_inputs(
         self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
@@ -751,42 +524,7 @@ class ActionExpert(nn.Module):
         Sizes (width, heads, patch, registers, enough blocks) must match; position embeddings are resampled
         (bicubic) when the checkpoint was saved at another image size. Blocks after the feature layer are skipped.
         """
-        from transformers import Dinov2WithRegistersModel
-
-        src = Dinov2WithRegistersModel.from_pretrained(path)
-        scfg, cfg = src.config, self.cfg
-        checks = {
-            "vision_hidden_size": (scfg.hidden_size, cfg.vision_hidden_size),
-            "vision_num_heads": (scfg.num_attention_heads, cfg.vision_num_heads),
-            "vision_patch_size": (scfg.patch_size, cfg.vision_patch_size),
-            "vision_num_registers": (scfg.num_register_tokens, cfg.vision_num_registers),
-            "vision_mlp_ratio": (scfg.mlp_ratio, cfg.vision_mlp_ratio),
-        }
-        for name, (theirs, ours) in checks.items():
-            if theirs != ours:
-                raise ValueError(
-                    f"load_vision_weights({path!r}): checkpoint {name}={theirs}, config has {ours}"
-                )
-        if scfg.num_hidden_layers < cfg.vision_blocks_used:
-            raise ValueError(
-                f"load_vision_weights({path!r}): checkpoint has {scfg.num_hidden_layers} blocks, "
-                f"config needs {cfg.vision_blocks_used}"
-            )
-        if getattr(scfg, "use_swiglu_ffn", False):
-            raise ValueError(
-                f"load_vision_weights({path!r}): SwiGLU-FFN DINOv2 checkpoints are not supported"
-            )
-        state = src.state_dict()
-        own = self.vision.dino.state_dict()
-        pos_key = "embeddings.position_embeddings"
-        if state[pos_key].shape != own[pos_key].shape:
-            state[pos_key] = _resample_pos_embed(state[pos_key], own[pos_key].shape[1] - 1)
-        wanted = {k: v for k, v in state.items() if k in own}
-        missing = sorted(set(own) - set(wanted))
-        if missing:
-            raise ValueError(f"load_vision_weights({path!r}): checkpoint lacks {missing[:5]}")
-        self.vision.dino.load_state_dict(wanted, strict=True)
-        logger.info("loaded DINOv2 weights from %s (%d tensors)", path, len(wanted))
+        self.vision.load_dinov2(path)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each vision block and transformer layer in the backward pass (saves activation memory)."""
@@ -813,14 +551,3 @@ class ActionExpert(nn.Module):
         parts["total"] = sum(p.numel() for p in self.parameters())
         parts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return parts
-
-
-def _resample_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """(1, 1 + n_old, D) -> (1, 1 + num_patches, D), bicubic on the square patch grid."""
-    cls_pos, grid = pos[:, :1], pos[:, 1:]
-    old, new = math.isqrt(grid.shape[1]), math.isqrt(num_patches)
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=old > new)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos.dtype)
-    return torch.cat([cls_pos, grid], dim=1)

@@ -182,6 +182,7 @@ class Backbone(nn.Module):
         self.adapter = adapter_for(hf)
         self.tokenizer = tokenizer
         self._cache_kw = _cache_kwarg_name(self.adapter.base_model(hf))
+        self._attached: list = []  # MoLoRA objects hooked into this model (a list: not registered as submodules)
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod

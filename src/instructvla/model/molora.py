@@ -216,13 +216,19 @@ class MoLoRA(nn.Module):
         cache_kw = "cache" if "cache" in kwargs else "past_key_values"
         main_cache = kwargs.get(cache_kw)
         router_kwargs = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds", cache_kw)}
-        if main_cache is not None:
-            if main_cache.get_seq_length() == 0 or self.state.router_cache is None:
-                from transformers import DynamicCache
-
-                self.state.router_cache = DynamicCache()
+        default_use = bool(getattr(getattr(module, "config", None), "use_cache", False))
+        if main_cache is not None and main_cache.get_seq_length() > 0:  # decoding step: continue our own cache
+            if self.state.router_cache is None:
+                raise RuntimeError("adapter_free_hidden router: a decoding step without the router's prefix cache")
             router_kwargs[cache_kw] = self.state.router_cache
+        elif main_cache is not None or kwargs.get("use_cache", default_use):  # a new prefix that will be cached
+            from transformers import DynamicCache
+
+            self.state.router_cache = DynamicCache()
+            router_kwargs[cache_kw] = self.state.router_cache
+            router_kwargs["use_cache"] = True
         else:
+            self.state.router_cache = None
             router_kwargs["use_cache"] = False
         self.state.in_router_pass = True
         self.state.enabled = False

@@ -64,6 +64,10 @@ class InstructVLA(nn.Module):
             if backbone is None:
                 backbone = (Backbone.from_preset(config.backbone, seed=None) if config.backbone_is_preset
                             else Backbone.from_pretrained(config.backbone))
+            if backbone._attached:
+                logger.warning("backbone already carries another model's LoRA hooks; detaching them (that model "
+                               "now runs without adapters). Use InstructVLA.release_backbone() to do this explicitly.")
+                self._detach_all(backbone)
             self.backbone = backbone
             self.query_ids = tk.add_query_tokens(backbone.tokenizer, config.num_queries)
             backbone.resize_embeddings(max(len(backbone.tokenizer), self.query_ids[-1] + 1))
@@ -77,6 +81,7 @@ class InstructVLA(nn.Module):
             )
             text_model = backbone.text_model
             self.molora = MoLoRA(text_model, lcfg, prefix=_module_path(backbone.hf, text_model))
+            backbone._attached.append(self.molora)
             if action_expert_config is None:
                 action_expert_config = ActionExpertConfig.preset(
                     config.action_expert, latent_dim=backbone.hidden_size, **config.action_expert_overrides
@@ -91,6 +96,18 @@ class InstructVLA(nn.Module):
         self._register_row_hooks()
         self._processor: VLAProcessor | None = None
         self.eval()
+
+    @staticmethod
+    def _detach_all(backbone: Backbone) -> None:
+        for mol in backbone._attached:
+            mol.detach()
+        backbone._attached.clear()
+
+    def release_backbone(self) -> Backbone:
+        """Remove this model's LoRA hooks and return the plain backbone (to build another model on the same VLM
+        weights, e.g. stage 1 from a stage-0 checkpoint). This model is unusable afterwards."""
+        self._detach_all(self.backbone)
+        return self.backbone
 
     def _lora_sizes(self) -> tuple[int, float]:
         lora = self.config.lora
@@ -455,11 +472,10 @@ class InstructVLA(nn.Module):
         config = dataclasses.replace(src.config, stage=2, moe=moe_cfg)
         from transformers import AutoModelForImageTextToText
 
-        hf = AutoModelForImageTextToText.from_config(src.backbone.hf.config).to(
-            dtype=src.backbone.hf.dtype, device=src.device
-        )
-        new = cls(config, backbone=Backbone(hf, src.tokenizer), action_expert_config=src.action_expert.cfg)
-        new.to(src.device)
+        with torch.device(src.device):  # build directly where the source lives (fast for GPU-sized models)
+            hf = AutoModelForImageTextToText.from_config(src.backbone.hf.config)
+            new = cls(config, backbone=Backbone(hf, src.tokenizer), action_expert_config=src.action_expert.cfg)
+        new.to(device=src.device, dtype=next(src.molora.parameters()).dtype)
         state = {k: v for k, v in src.state_dict().items() if not k.startswith("molora.")}
         missing, unexpected = new.load_state_dict(state, strict=False)
         bad = [k for k in missing if not k.startswith("molora.")]

@@ -9,8 +9,9 @@ Output directory:
     multimodal/         rendered scenes + caption/VQA records (split "train" or "heldout"; data/multimodal.py).
 
 Episodes are attempted in a fixed order with seeds derived from (seed, attempt); workers run them in parallel
-(spawn, LP_NUM_THREADS=1 each) and results are written in attempt order, so the dataset does not depend on the
-number of workers. Only successful episodes are kept; the failure count is reported.
+(spawn, LP_NUM_THREADS=1 each) and also encode each kept episode's videos; the parent only stream-copies those mp4s
+into the dataset's video files and writes the tables, in attempt order, so the dataset does not depend on the number
+of workers. Only successful episodes are kept; the failure count is reported.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ class CollectConfig:
                          ignored when `tasks` is given. Instruct-suite tasks are collected with atomic instructions.
     tasks:               registered simulator task names (e.g. pick/any place_on/any); see `instructvla tasks`.
     episodes:            episode attempts in total (round-robin over the tasks); failures are dropped.
-    workers:             parallel worker processes.
+    workers:             parallel worker processes (0 = run in this process, for debugging).
     camera_size:         square camera resolution in pixels.
     cameras:             cameras to record ("primary", "wrist").
     fps:                 dataset frame rate; must equal the simulator's control rate (None = use it).
@@ -75,8 +77,8 @@ class CollectConfig:
             raise ValueError("CollectConfig: give `suite` or `tasks`")
         if self.episodes < 1:
             raise ValueError(f"CollectConfig.episodes must be >= 1, got {self.episodes}")
-        if self.workers < 1:
-            raise ValueError(f"CollectConfig.workers must be >= 1, got {self.workers}")
+        if self.workers < 0:
+            raise ValueError(f"CollectConfig.workers must be >= 0, got {self.workers}")
         if self.camera_size < 16 or self.camera_size % 2:
             raise ValueError(f"CollectConfig.camera_size must be an even int >= 16, got {self.camera_size}")
         bad = [c for c in self.cameras if c not in _CAMERA_KEYS]
@@ -110,10 +112,18 @@ class CollectResult:
     multimodal_records: int
     seconds: float
     first_error: str = ""
+    steady_seconds: float = 0.0  # from the first to the last finished episode (excludes worker start-up)
 
     @property
     def episodes_per_minute(self) -> float:
-        return (self.episodes_kept + self.failures) / max(self.seconds, 1e-9) * 60.0
+        """Episode attempts per minute, end to end (worker start-up and writing included)."""
+        return (self.episodes_kept + self.failures + self.errors) / max(self.seconds, 1e-9) * 60.0
+
+    @property
+    def steady_episodes_per_minute(self) -> float:
+        """Attempts per minute between the first and the last finished episode (start-up excluded)."""
+        n = self.episodes_kept + self.failures + self.errors - 1
+        return n / self.steady_seconds * 60.0 if n > 0 and self.steady_seconds > 0 else float("nan")
 
 
 def resolve_tasks(cfg: CollectConfig) -> list[Any]:
@@ -189,11 +199,16 @@ def _run_episode(job: dict) -> dict:
                                "length": len(actions)}
         if not success:
             return out
+        from instructvla.data.lerobot import VideoConfig, encode_episode_video
         from instructvla.data.motion import motion_primitives
 
+        # encode here, in parallel: the parent only stream-copies the mp4s (no re-encoding, little to transfer)
+        video = VideoConfig(codec=job["codec"])
         st = np.stack(states)
-        out["frames"] = {f"observation.images.{c}": np.stack(v) for c, v in images.items()} | {
-            "observation.state": st, "action": np.stack(actions), "language_motion": motion_primitives(st)}
+        out["frames"] = {f"observation.images.{c}": encode_episode_video(
+            np.stack(v), Path(job["tmp"]) / f"{job['attempt']:06d}-{c}.mp4", job["fps"], video)
+            for c, v in images.items()}
+        out["frames"] |= {"observation.state": st, "action": np.stack(actions), "language_motion": motion_primitives(st)}
         if job["annotate"]:
             from instructvla.sim.annotate import annotate_episode
 
@@ -238,30 +253,35 @@ def collect(cfg: CollectConfig) -> CollectResult:
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"CollectConfig.out: {out} exists and is not empty (pass --overwrite=true)")
     cams = tuple(cfg.cameras)
+    fps = int(CONTROL_HZ) if cfg.fps is None else cfg.fps
+    tmp = out / ".collect-tmp"  # per-episode videos encoded by the workers, removed once appended
     jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": tasks[i % len(tasks)], "seed": cfg.seed,
-                         "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams,
-                         "annotate": cfg.annotate} for i in range(cfg.episodes)]
+                         "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams, "fps": fps,
+                         "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate} for i in range(cfg.episodes)]
     n_held = round(cfg.multimodal_samples * cfg.heldout_fraction)
     jobs += [{"kind": "scene", "index": j, "task": tasks[j % len(tasks)], "seed": cfg.seed,
               "camera_size": cfg.camera_size, "split": "heldout" if j < n_held else "train"}
              for j in range(cfg.multimodal_samples)]
-    fps = int(CONTROL_HZ) if cfg.fps is None else cfg.fps
     features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams})
     kept = failures = errors = frames = n_records = 0
     first_error = ""
     annotations: list[dict] = []
     writer = LeRobotDatasetWriter(out, fps, features, robot_type="tabletop_arm7", video=VideoConfig(codec=cfg.codec),
                                   overwrite=cfg.overwrite)
+    tmp.mkdir()
     mm = MultimodalWriter(out / "multimodal") if cfg.multimodal_samples else None
     ctx = mp.get_context("spawn")
-    pool = ctx.Pool(cfg.workers, initializer=_worker_init) if cfg.workers > 1 else None
+    pool = ctx.Pool(cfg.workers, initializer=_worker_init) if cfg.workers > 0 else None
     try:
         results = pool.imap(_dispatch, jobs, chunksize=1) if pool else map(_dispatch, jobs)
         with Progress(TextColumn("[bold]collect"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                       TimeRemainingColumn(), transient=False) as progress:
             bar = progress.add_task("collect", total=len(jobs), info="")
+            t_first = t_last = None
             for res in results:
                 if "attempt" in res:
+                    t_last = time.perf_counter()
+                    t_first = t_first or t_last
                     if res.get("error"):
                         errors += 1
                         first_error = first_error or f"episode {res['attempt']}: {res['error']}"
@@ -270,6 +290,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
                         failures += 1
                     else:
                         ep = writer.add_episode(res["frames"], res["instruction"])
+                        for k in writer.video_keys:
+                            Path(res["frames"][k].path).unlink()
                         kept += 1
                         frames += res["length"]
                         if "annotation" in res:
@@ -282,7 +304,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
                     n_records += mm.add(res["image"], res["records"], res["split"])
                 progress.update(bar, advance=1, info=f"kept {kept} failed {failures} errors {errors}")
     except BaseException:
-        writer._abort()
+        writer.abort()
         raise
     finally:
         if pool is not None:
@@ -292,14 +314,16 @@ def collect(cfg: CollectConfig) -> CollectResult:
             _close_envs()
         if mm is not None:
             mm.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     if kept == 0:
-        writer._abort()
+        writer.abort()
         raise RuntimeError(f"no successful episode in {cfg.episodes} attempts ({failures} failed, {errors} errored"
                            + (f"; first error: {first_error}" if first_error else "") + ")")
     writer.finalize()
     if annotations:
         write_annotations(out, annotations)
-    result = CollectResult(str(out), kept, failures, errors, frames, n_records, time.perf_counter() - t0, first_error)
+    result = CollectResult(str(out), kept, failures, errors, frames, n_records, time.perf_counter() - t0, first_error,
+                           (t_last - t_first) if t_first is not None else 0.0)
     logger.info("collected %d episodes (%d frames) into %s; %d failed, %d errored; %d multimodal records; %.1fs",
                 kept, frames, out, failures, errors, n_records, result.seconds)
     return result

@@ -3,8 +3,8 @@
 Action (7,) float: dx, dy, dz (metres, world/table frame), droll, dpitch, dyaw (radians, extrinsic x-y-z angles of a
 rotation applied to the current gripper orientation in the world frame), gripper (absolute: 1 = open, 0 = closed).
 Each step the translation is clipped to +-MAX_DELTA_POS per axis, the rotation to +-MAX_DELTA_ROT, the gripper to
-[0, 1]; the target pose (current TCP pose + delta) goes through damped-least-squares IK to joint position servos and
-the physics runs 1 / CONTROL_HZ seconds.
+[0, 1]; the target pose (current TCP pose + delta, position kept inside scene.TCP_BOUNDS) goes through
+damped-least-squares IK to joint position servos and the physics runs 1 / CONTROL_HZ seconds (25 steps of 4 ms).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ class Waypoint:
     grip: float
     tol: float = 0.008
     wait: int = 0
-    noisy: bool = False
+    noisy: bool = False  # with noise_prob, perturb the executed translation (and rotation, if rot_noise)
+    rot_noise: bool = True
     max_steps: int = 45
     name: str = ""
 
@@ -68,7 +69,12 @@ def grasp_height(name: str, pos: np.ndarray, surface_z: float) -> float:
 
 
 class Expert:
-    """A waypoint follower for the env's current task. Call `reset()` after every `env.reset()`."""
+    """A waypoint follower for the env's current task.
+
+    It plans from the scene on the first `act` after each `env.reset()` (call `reset(seed)` to also reseed the noise).
+    noise_prob: probability that a step of a free-space move is perturbed (N(0, noise_pos) metres on xyz and
+    N(0, noise_rot) radians on rpy); the gripper is never perturbed.
+    """
 
     def __init__(
         self,
@@ -113,12 +119,14 @@ class Expert:
             self.plan = self._make_plan()
             self._planned_for = self.env.task
             self._i, self._held, self._steps_in, self._target = 0, 0, 0, None
-        clean, noisy_ok = self._clean_action()
+            self._best_err, self._stall = np.inf, 0
+        clean, wp = self._clean_action()
         self.last_clean_action = clean
-        if noisy_ok and self.noise_prob > 0 and self.rng.random() < self.noise_prob:
+        if wp is not None and wp.noisy and self.noise_prob > 0 and self.rng.random() < self.noise_prob:
             a = clean.copy()
             a[:3] += self.rng.normal(0, self.noise_pos, 3)
-            a[3:6] += self.rng.normal(0, self.noise_rot, 3)
+            if wp.rot_noise:
+                a[3:6] += self.rng.normal(0, self.noise_rot, 3)
             return a
         return clean
 
@@ -128,7 +136,7 @@ class Expert:
         return a, self.last_clean_action
 
     # ------------------------------------------------------------------ execution
-    def _clean_action(self) -> tuple[np.ndarray, bool]:
+    def _clean_action(self) -> tuple[np.ndarray, Waypoint | None]:
         scene = self.env.scene
         pos, mat = scene.tcp_pose()
         while self._i < len(self.plan):
@@ -156,9 +164,9 @@ class Expert:
                 self._best_err, self._stall = np.inf, 0
                 continue
             self._steps_in += 1
-            return self._delta(err, wp.mat, mat, wp.grip), wp.noisy
+            return self._delta(err, wp.mat, mat, wp.grip), wp
         last = self.plan[-1].grip if self.plan else OPEN
-        return np.array([0, 0, 0, 0, 0, 0, last], dtype=np.float64), False
+        return np.array([0, 0, 0, 0, 0, 0, last], dtype=np.float64), None
 
     @staticmethod
     def _delta(err: np.ndarray, goal: np.ndarray, mat: np.ndarray, grip: float) -> np.ndarray:
@@ -362,6 +370,7 @@ class Expert:
                 OPEN,
                 tol=0.02,
                 noisy=True,
+                rot_noise=False,
                 name="to cabinet",
             ),
             Waypoint(pre, rot, OPEN, tol=0.008, noisy=True, name="pre-handle"),
@@ -381,6 +390,7 @@ class Expert:
                     OPEN,
                     tol=0.02,
                     noisy=True,
+                    rot_noise=False,
                     name="reorient",
                 )
             )

@@ -27,8 +27,8 @@ from instructvla.sim.scene_graph import ObjectState, SceneGraph
 # ----------------------------------------------------------------------------------------------------- view
 
 # The primary camera of sim/scene.py ("primary": position and look-at point, table frame). A test checks they agree.
-CAMERA_POS = (0.2, -0.78, 0.62)
-CAMERA_LOOK_AT = (-0.06, 0.06, 0.06)
+CAMERA_POS = (0.18, -0.5, 0.62)
+CAMERA_LOOK_AT = (-0.05, 0.12, 0.04)
 SPATIAL_MARGIN = 0.04  # metres: closer pairs get no left/right or front/behind question (ambiguous)
 DRAWER_OPEN = 0.05  # metres: a drawer opened at least this much counts as open (its contents are visible)
 

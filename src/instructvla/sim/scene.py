@@ -27,9 +27,15 @@ WORKSPACE_X = (-0.24, 0.1)  # where objects and receptacles are placed
 WORKSPACE_Y = (-0.26, 0.26)
 CABINET_POS = (0.12, 0.27, 0.0)  # front-bottom centre of the cabinet
 HOME_TCP = np.array([-0.2, 0.0, 0.26])  # start pose of the tool centre point (gripper pointing down)
+TCP_BOUNDS = (np.array([-0.45, -0.45, 0.005]), np.array([0.35, 0.45, 0.55]))  # the TCP target is kept inside
 TIMESTEP = 0.004
 CONTROL_HZ = 10.0
+# third-person camera: front-right of the table, looking at the workspace (robot on the left, cabinet at the back)
+PRIMARY_CAMERA_POS = (0.18, -0.5, 0.62)
+PRIMARY_CAMERA_LOOK_AT = (-0.05, 0.12, 0.04)
+PRIMARY_CAMERA_FOVY = 60.0
 HIDDEN_GROUP = 5  # geoms of inactive things go here; the renderer does not draw this group
+_QUAT_REF = np.array([0.4, 0.8, 0.45, 0.0]) / np.linalg.norm([0.4, 0.8, 0.45, 0.0])  # wxyz, see Scene.state
 PARK_Z = -3.0
 
 # name -> (rgb1, rgb2, builtin pattern, texrepeat); "wood" is procedural stripes
@@ -93,7 +99,9 @@ def build_spec() -> mujoco.MjSpec:
     )
     floor.contype, floor.conaffinity = O.STATIC_CONTYPE, O.STATIC_CONAFF
     for pos, size in (((1.3, 0, 0.2), (0.02, 2.0, 1.2)), ((0, 1.3, 0.2), (2.0, 0.02, 1.2))):  # room walls
-        wall = world.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=list(size), pos=list(pos), rgba=[0.78, 0.8, 0.82, 1])
+        wall = world.add_geom(
+            type=mujoco.mjtGeom.mjGEOM_BOX, size=list(size), pos=list(pos), rgba=[0.78, 0.8, 0.82, 1]
+        )
         wall.contype, wall.conaffinity = 0, 0
     for name, (rgb1, rgb2, pattern, rep) in TABLE_STYLES.items():
         key = name.replace(" ", "_")
@@ -147,15 +155,15 @@ def build_spec() -> mujoco.MjSpec:
             specular=[0.1, 0.1, 0.1],
         )
     # primary (third-person) camera: front-right of the table, looking back at the workspace and the robot
-    cam_pos = np.array([0.26, -0.5, 0.6])
-    look = np.array([-0.07, 0.04, 0.0])
+    cam_pos = np.array(PRIMARY_CAMERA_POS)
+    look = np.array(PRIMARY_CAMERA_LOOK_AT)
     fwd = (look - cam_pos) / np.linalg.norm(look - cam_pos)
     right = np.cross(fwd, [0, 0, 1.0])
     right /= np.linalg.norm(right)
     up = np.cross(right, fwd)
     q = np.zeros(4)
     mujoco.mju_mat2Quat(q, np.stack([right, up, -fwd], axis=1).reshape(9))
-    world.add_camera(name="primary", pos=cam_pos.tolist(), quat=q.tolist(), fovy=55.0)
+    world.add_camera(name="primary", pos=cam_pos.tolist(), quat=q.tolist(), fovy=PRIMARY_CAMERA_FOVY)
 
     R.build_arm(world, ROBOT_BASE)
     R.add_arm_actuators(spec)
@@ -346,7 +354,7 @@ class Scene:
         """Execute one control step of an already-validated, already-clipped 7-D action (see env.py)."""
         m, d = self.model, self.data
         pos, mat = self.ik.tcp_pose(d)
-        target_pos = pos + action[:3]
+        target_pos = np.clip(pos + action[:3], TCP_BOUNDS[0], TCP_BOUNDS[1])
         target_mat = R.mat_from_euler(action[3:6]) @ mat
         q = self.ik.solve(d.qpos[self.arm.qpos].copy(), target_pos, target_mat)
         d.ctrl[self.arm.act] = q
@@ -368,7 +376,10 @@ class Scene:
         pos, mat = self.tcp_pose()
         q = np.zeros(4)
         mujoco.mju_mat2Quat(q, mat.reshape(9))
-        if q[0] < 0:  # canonical hemisphere so the state is continuous for the usual top-down poses
+        # q and -q are the same rotation: take the sign with a positive dot product with a fixed reference between the
+        # top-down and forward poses, so the state is continuous for top-down yaws in (-120, 240) deg, for the forward
+        # (drawer) poses and everything between them
+        if float(q @ _QUAT_REF) < 0:
             q = -q
         return np.array([*pos, q[1], q[2], q[3], q[0], self.gripper_openness()], dtype=np.float32)
 
@@ -464,9 +475,10 @@ def top_down_mat(yaw: float) -> np.ndarray:
 def forward_mat(yaw: float = 0.0) -> np.ndarray:
     """TCP rotation with the approach axis horizontal along world +x (rotated by yaw), fingers closing along y.
 
-    It is the top-down pose pitched by 90 degrees (hand x -> world +z), the natural wrist motion from the start pose.
+    The hand's x axis points down (world -z): with the Panda's joint-6 range this is the reachable way to point the
+    gripper forward at table height (the wrist turns over on joint 5).
     """
-    base = np.array([[0.0, 0, 1.0], [0, -1.0, 0], [1.0, 0, 0]])  # columns: hand x, y, z in the world
+    base = np.array([[0.0, 0, 1.0], [0, 1.0, 0], [-1.0, 0, 0]])  # columns: hand x, y, z in the world
     cz, sz = np.cos(yaw), np.sin(yaw)
     rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1.0]])
     return rz @ base

@@ -55,6 +55,7 @@ OPEN_THRESHOLD = 0.12  # open_drawer: opening (m) at or above
 CLOSED_THRESHOLD = 0.02  # close_drawer: opening (m) at or below
 CLOSE_START_OPENING = 0.15  # close_drawer: default initial opening
 DRAWER_EXCLUDED = ("water bottle",)  # too tall for a drawer
+IN_DRAWER_OPENING = 0.175  # a drawer holding the target at the start is pulled out this far
 CABINET_FREE_Y = 0.11  # with the cabinet on the table, loose objects stay at y below this
 
 
@@ -72,7 +73,8 @@ class TaskSpec:
     exclude_categories: categories never used for distractors (e.g. ("fruit",) when the instruction says "the fruit").
     receptacle_prob:    probability that each receptacle the task does not need (plate, bowl) is on the table anyway.
     drawer_opening:     initial opening (m) of the task's drawer; None = family default (0, or 0.15 for close_drawer).
-    object_in_drawer:   the target starts inside the task's drawer (which then starts open, >= 0.15 m).
+    object_in_drawer:   the target starts inside the task's drawer, near its front (the drawer then starts open,
+                        >= IN_DRAWER_OPENING); only objects small enough for a drawer are candidates.
     table_styles, lightings: allowed visual variants (empty = all).
     max_steps:          episode limit (0 = family default).
     name:               registry name (filled by `register_task`).
@@ -203,6 +205,8 @@ def sample_task(spec: TaskSpec, rng: np.random.Generator) -> TaskInstance:
     """Draw task arguments and a non-overlapping initial layout for `spec`."""
     fam = spec.family
     allowed = family_objects(fam)
+    if spec.object_in_drawer:
+        allowed = [n for n in allowed if n not in DRAWER_EXCLUDED and O.object_radius(CATALOG[n]) <= 0.045]
     args: dict[str, str] = {}
     used: list[str] = []
     plate = bowl = cabinet = False
@@ -216,7 +220,7 @@ def sample_task(spec: TaskSpec, rng: np.random.Generator) -> TaskInstance:
         if opening is None:
             opening = CLOSE_START_OPENING if fam == "close_drawer" else 0.0
         if spec.object_in_drawer:
-            opening = max(opening, CLOSE_START_OPENING)
+            opening = max(opening, IN_DRAWER_OPENING)
         drawers[drawer] = opening
     if fam not in ("open_drawer", "close_drawer") or spec.object_in_drawer:
         if fam == "drawer_then_place" and spec.drawers and spec.drawers != ("top",):
@@ -252,7 +256,6 @@ def sample_task(spec: TaskSpec, rng: np.random.Generator) -> TaskInstance:
     y_hi = CABINET_FREE_Y if cabinet else WORKSPACE_Y[1]
     region = (WORKSPACE_X, (WORKSPACE_Y[0], y_hi))
     in_drawer = spec.object_in_drawer
-    loose = [n for n in used + distractors if not (in_drawer and n == args.get("target"))]
     needs_plate, needs_bowl = fam == "place_on", fam == "place_in"
     while True:  # drop optional receptacles, then distractors, until the layout fits
         loose = [n for n in used + distractors if not (in_drawer and n == args.get("target"))]
@@ -280,9 +283,12 @@ def sample_task(spec: TaskSpec, rng: np.random.Generator) -> TaskInstance:
         t = args["target"]
         geo = O.drawer_geometry(O.DRAWER_NAMES.index(args["drawer"]))
         r = O.object_radius(CATALOG[t])
-        px = float(rng.uniform(-geo.inner_half[0] * 0.2, geo.inner_half[0] * 0.2)) - 0.03
-        py = float(rng.uniform(-max(geo.inner_half[1] - r - 0.01, 0), max(geo.inner_half[1] - r - 0.01, 0)))
-        placements.insert(0, Placement(t, px, py, float(rng.uniform(-0.4, 0.4)), in_drawer=args["drawer"]))
+        # near the drawer's front wall, so a top-down grasp stays clear of the drawer handles above it
+        lo = 0.024 + r - geo.inner_center_x
+        px = float(rng.uniform(lo, max(lo, -0.025)))
+        ymax = max(geo.inner_half[1] - 0.06, 0.0)  # the open fingers (+-0.052 m) must clear the side walls
+        py = float(rng.uniform(-ymax, ymax))
+        placements.insert(0, Placement(t, px, py, float(rng.uniform(-0.1, 0.1)), in_drawer=args["drawer"]))
     layout = Layout(
         objects=placements,
         plate=plate_xy,

@@ -171,7 +171,10 @@ def save_checkpoint(
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    """Delete complete checkpoints older than the newest `keep_last` (0 keeps all)."""
+    """Delete complete checkpoints older than the newest `keep_last` (0 keeps all) and leftover temporary folders
+    of saves that were killed half-way (called right after a save completed, so none is in progress)."""
+    for tmp in checkpoint_root(run_dir).glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
     if keep_last <= 0:
         return
     for _, path in list_checkpoints(run_dir)[:-keep_last]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from instructvla.data.mixture import MixtureConfig
 
 STAGES = (0, 1, 2)
 PROGRESS_MODES = ("auto", "always", "never")
@@ -53,6 +55,7 @@ class TrainConfig:
     chunk_size: int = 16  # action chunk length
     use_state: bool = False  # proprioceptive state token ("(S.)" models)
     augment: bool = True  # image augmentation on robot frames
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)  # robot-prompt ratios (stage 2; motion share: 1, 2)
     no_moe: bool = False  # ablation: one LoRA trained on everything (no expert split, no scale head)
     log_every: int = 10  # metrics line every N iterations
     progress: str = "auto"  # rich progress bar on rank 0: auto (only on a TTY) | always | never (on/off work too)

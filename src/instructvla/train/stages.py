@@ -105,7 +105,7 @@ def build_model(cfg: TrainConfig, num_views: int = 1):
             init = Path(cfg.init)
             if not init.is_dir():
                 raise FileNotFoundError(f"init: {init} is not a folder")
-            backbone = (InstructVLA.from_pretrained(init).backbone if _is_instructvla_dir(init)
+            backbone = (InstructVLA.from_pretrained(init).release_backbone() if _is_instructvla_dir(init)
                         else Backbone.from_pretrained(init))
             name = str(init)
         config = InstructVLAConfig.from_dict({
@@ -137,7 +137,8 @@ def build_robot_dataset(cfg: TrainConfig, image_size: int, stats: dict | None):
     from instructvla.data.dataset import RobotDataset
 
     return RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
-                        augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size)
+                        augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
+                        mixture=cfg.mixture)
 
 
 def build_multimodal_dataset(cfg: TrainConfig, image_size: int):

@@ -232,6 +232,7 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            _truncate_metrics(out / METRICS_FILE, 0)  # lines of a run killed before its first checkpoint
     D.barrier(info)
 
     def data_state() -> dict[str, Any]:
@@ -287,7 +288,7 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
         while state.step < cfg.steps:
             step = state.step + 1
             over_time = cfg.time_limit_s is not None and _now() - started > cfg.time_limit_s
-            losses, norm, stop = optimizer_step(next(primary), "primary" if cfg.stage == 0 else "robot", step,
+            losses, norm, stop = optimizer_step(next(primary), "multimodal" if cfg.stage == 0 else "robot", step,
                                                 over_time and info.is_main)
             for k, v in losses.items():
                 window.setdefault(k, []).append(v)
