@@ -46,6 +46,11 @@ class DemoPreset:
     eval_suites: str
     eval_episodes: int
     eval_max_steps: int | None
+    eval_execution: str
+    open_loop_k: int
+    instruct_episodes: int
+    vqa_limit: int
+    vqa_max_new_tokens: int
     no_moe_baseline: bool
     think_eval: bool
 
@@ -56,7 +61,8 @@ PRESETS: dict[str, DemoPreset] = {
         model_preset="tiny", camera_size=96, collect_suite="atomic-quick", episodes=150, multimodal_samples=150,
         stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=8.0, stage1_steps=100_000,
         stage2_minutes=2.0, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=3e-4,
-        eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=6, eval_max_steps=None,
+        eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
+        eval_execution="open_loop", open_loop_k=4, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False,
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
@@ -65,6 +71,7 @@ PRESETS: dict[str, DemoPreset] = {
         stage0_minutes=60.0, stage0_steps=20_000, stage1_minutes=240.0, stage1_steps=60_000,
         stage2_minutes=90.0, stage2_steps=20_000, batch_size=32, mm_batch_size=8, lr=1e-4,
         eval_suites="atomic,instruct,vqa", eval_episodes=10, eval_max_steps=None,
+        eval_execution="ensemble", open_loop_k=4, instruct_episodes=10, vqa_limit=300, vqa_max_new_tokens=48,
         no_moe_baseline=True, think_eval=True,
     ),
 }
@@ -196,14 +203,39 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
 
 def _evaluate(cfg: DemoConfig, p: DemoPreset, name: str, model_dir: str, folder: Path, data: Path,
               suites: str, think: bool = False) -> dict:
-    from instructvla.eval.evaluate import EvalConfig, evaluate_policy
+    """Evaluate one checkpoint; instruct suites run with fewer episodes per task than the atomic ones."""
+    from instructvla.eval.evaluate import EvalConfig, evaluate_policy, load_results, write_report
 
-    results = evaluate_policy(EvalConfig(
-        policy=model_dir, name=name, suite=suites, episodes=p.eval_episodes, seeds=[cfg.seed + 1000],
-        workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
-        device=_device(cfg), out=str(folder), vqa_data=str(data), think=think,
-    ))
-    return {"results": str(folder / RESULTS_FILE), "summary": _headline(results)}
+    names = [s for s in suites.split(",") if s]
+    groups = [[s for s in names if not s.startswith("instruct")], [s for s in names if s.startswith("instruct")]]
+    merged: dict[str, Any] = {}
+    for group, episodes in zip(groups, (p.eval_episodes, p.instruct_episodes)):
+        if not group:
+            continue
+        sub = folder / ("instruct" if group[0].startswith("instruct") else "atomic")
+        res = evaluate_policy(EvalConfig(
+            policy=model_dir, name=name, suite=",".join(group), episodes=episodes, seeds=[cfg.seed + 1000],
+            workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
+            execution=p.eval_execution, open_loop_k=p.open_loop_k, device=_device(cfg), out=str(sub),
+            vqa_data=str(data), vqa_limit=p.vqa_limit, vqa_max_new_tokens=p.vqa_max_new_tokens, think=think,
+        ))
+        for video in res["videos"]:  # video paths are relative to each sub-evaluation's folder
+            if video.get("path") and not Path(video["path"]).is_absolute():
+                video["path"] = f"{sub.name}/{video['path']}"
+        if not merged:
+            merged = res
+        else:
+            merged["suites"].update(res["suites"])
+            merged["videos"] += res["videos"]
+            merged["timing"].update(res["timing"])
+            if "vqa" in res:
+                merged["vqa"] = res["vqa"]
+    from instructvla.eval.evaluate import save_results
+
+    merged["root"] = str(folder)
+    save_results(merged, folder)
+    write_report([load_results(folder / RESULTS_FILE)], folder / REPORT_FILE, title=f"InstructVLA evaluation: {name}")
+    return {"results": str(folder / RESULTS_FILE), "summary": _headline(merged)}
 
 
 def _headline(results: dict) -> dict:

@@ -56,9 +56,9 @@ def test_stage2_trainable_set_is_the_papers(stage1_dir):
     names = configure_trainable(model, 2)
     assert set(names) == _names(model) == paper_trainable_names(model, 2)
     emb = set(model.embedding_param_names())
-    lora = {n for n in names if n.startswith("molora.") and n not in {
-        model_n for model_n, p in model.named_parameters() if any(p is g for g in model.molora.gate_parameters())}}
-    gate = {n for n, p in model.named_parameters() if any(p is g for g in model.molora.gate_parameters())}
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    gate = {by_id[id(p)] for p in model.molora.gate_parameters()}
+    lora = {by_id[id(p)] for p in model.molora.lora_parameters()}
     assert gate and gate <= set(names)  # the scale head trains
     assert lora and all(model.get_parameter(n).shape[0] == 2 for n in lora if n.endswith("lora_A"))  # 2 experts
     assert set(names) == lora | gate | emb  # ... and nothing else: no action expert, no frozen VLM weight
@@ -145,3 +145,24 @@ def test_real_model_resume_gives_the_same_loss_curve(data, tmp_path):
     full = run(tmp_path / "a", 4)
     run(tmp_path / "b", 2)
     assert run(tmp_path / "b", 4, resume=True) == full
+
+
+def test_no_moe_baseline_trains_one_lora_on_everything(stage1_dir, data, tmp_path):
+    cfg = _cfg(tmp_path, stage=2, dataset=data["robot"], multimodal=data["mm"], init=str(stage1_dir), no_moe=True,
+               steps=1)
+    parts = build_parts(cfg, ONE)
+    assert parts.model.config.stage == 1  # a single LoRA, no scale head
+    lora_before = {n: p.detach().clone() for n, p in parts.model.molora.named_parameters()}
+    run_training(cfg, parts, ONE)
+    assert any(not torch.equal(lora_before[n], p) for n, p in parts.model.molora.named_parameters())
+    assert not any(p.requires_grad for p in parts.model.action_expert.parameters())
+
+
+def test_stage1_from_a_plain_vlm_folder(data, tmp_path):
+    from instructvla.model.backbone import Backbone
+
+    Backbone.from_preset("tiny", seed=7).save_pretrained(tmp_path / "vlm")
+    parts = build_parts(_cfg(tmp_path / "run", stage=1, dataset=data["robot"], init=str(tmp_path / "vlm")), ONE)
+    ref = Backbone.from_pretrained(tmp_path / "vlm").hf.state_dict()
+    got = parts.model.backbone.hf.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref if "embed_tokens" not in k and "lm_head" not in k)
