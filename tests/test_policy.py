@@ -162,6 +162,13 @@ def test_checkpoint_roundtrip_state_and_wrist(tmp_path):
     np.testing.assert_array_equal(fresh.infer(obs)["actions"], out["actions"])
     with pytest.raises(ProtocolError, match="wrist_image"):
         pol.infer({k: v for k, v in obs.items() if k != "observation/wrist_image"})
+    # chat runs only the VLM: the scene image alone, no state, is enough for a two-camera, state-using model
+    chat = {"observation/image": obs["observation/image"], "prompt": "What is on the table?",
+            "options": {"mode": "chat", "max_new_tokens": 3}}
+    assert isinstance(pol.infer(chat)["text"], str)
+    assert isinstance(pol.infer({**chat, "observation/wrist_image": obs["observation/wrist_image"]})["text"], str)
+    # acting with thinking generates its reply without the state too, then acts with it
+    assert pol.infer({**obs, "options": {"think": True, "max_new_tokens": 3}})["actions"].shape == (16, 7)
     with pytest.raises(ProtocolError, match="observation/state"):
         pol.infer({k: v for k, v in obs.items() if k != "observation/state"})
     # a checkpoint without normalization.json (a stage-0 VLM) loads for chat only; acting names the missing file

@@ -31,6 +31,8 @@ class DemoPreset:
 
     model_preset: str
     camera_size: int
+    image_size: int
+    num_queries: int
     collect_suite: str
     episodes: int
     multimodal_samples: int
@@ -58,7 +60,7 @@ class DemoPreset:
 PRESETS: dict[str, DemoPreset] = {
     # <= 20 minutes on 2 CPU cores: pick / place-on / move-near, tiny model, short schedules.
     "quick": DemoPreset(
-        model_preset="tiny", camera_size=96, collect_suite="atomic-quick", episodes=150, multimodal_samples=150,
+        model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=150, multimodal_samples=150,
         stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=8.0, stage1_steps=100_000,
         stage2_minutes=2.0, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=3e-4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
@@ -67,7 +69,7 @@ PRESETS: dict[str, DemoPreset] = {
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
-        model_preset="small", camera_size=128, collect_suite="instruct", episodes=2000, multimodal_samples=2000,
+        model_preset="small", camera_size=128, image_size=128, num_queries=64, collect_suite="instruct", episodes=2000, multimodal_samples=2000,
         stage0_minutes=60.0, stage0_steps=20_000, stage1_minutes=240.0, stage1_steps=60_000,
         stage2_minutes=90.0, stage2_steps=20_000, batch_size=32, mm_batch_size=8, lr=1e-4,
         eval_suites="atomic,instruct,vqa", eval_episodes=10, eval_max_steps=None,
@@ -98,6 +100,8 @@ class DemoConfig:
     fresh: bool = False
     model_preset: str | None = None
     camera_size: int | None = None
+    image_size: int | None = None
+    num_queries: int | None = None
     episodes: int | None = None
     multimodal_samples: int | None = None
     stage0_minutes: float | None = None
@@ -196,6 +200,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         init=None if init is None else str(init), preset=p.model_preset, out=str(folder), steps=steps,
         batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, lr=p.lr, device=_device(cfg),
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always",
+        image_size=p.image_size, num_queries=p.num_queries,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

@@ -5,8 +5,9 @@ flow-matching noise generator, the adaptive-ensemble buffer, the cached reasonin
 `spawn()` gives another episode state over the same model (the server makes one per connection); model calls are
 serialised by a lock shared between spawned policies.
 
-Observation keys (openpi names): ``observation/image`` (H, W, 3) uint8, optional ``observation/wrist_image``,
-optional ``observation/state`` (8,) unnormalised, ``prompt``, optional ``options`` (see `serve.protocol.OPTION_DOC`).
+Observation keys (openpi names): ``observation/image`` (H, W, 3) uint8, ``observation/wrist_image`` (required to
+act with a two-camera model, optional in chat mode), ``observation/state`` (8,) unnormalised (required to act with a
+state-using model), ``prompt``, optional ``options`` (see `serve.protocol.OPTION_DOC`).
 Reply: ``actions`` (chunk, 7) float32 unnormalised, ``text`` (the reply when thinking / the answer in chat mode,
 else ""), ``server_timing`` (milliseconds). With the ensemble on, ``actions[0]`` is the ensembled action to execute
 now and ``raw_actions`` holds the newest chunk as predicted.

@@ -49,3 +49,24 @@ def test_evaluate_vqa_with_tiny_policy(corpus):
     assert len(res["examples"]) == 2 and res["examples"][0]["image_png_b64"]
     with pytest.raises(ValueError, match="no records"):
         evaluate_vqa(None, [])
+
+
+def test_ask_sends_only_the_scene_image_to_a_two_camera_policy():
+    from instructvla.eval.vqa import ask
+    from instructvla.model.vla import InstructVLA
+    from instructvla.policy import Policy
+
+    model = InstructVLA.from_preset("tiny", action_expert_overrides={"num_views": 2, "use_state": True})
+    policy = Policy(model)
+    assert policy.request_spec.wrist_camera
+    sent = []
+    infer = policy.infer
+
+    def recording_infer(obs):
+        sent.append(sorted(obs))
+        return infer(obs)
+
+    policy.infer = recording_infer
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    assert isinstance(ask(policy, image, "What colour is the cube?", max_new_tokens=3), str)
+    assert sent == [["observation/image", "options", "prompt"]]  # no duplicated scene image as a fake wrist view

@@ -121,3 +121,32 @@ def test_collate_mixed_state_errors(model):
     with pytest.raises(ValueError, match="some samples in the batch have 'state'"):
         model.processor.collate([a, b])
     assert torch.equal(model.processor.collate([a, a])["state"], torch.zeros(2, 8))
+
+
+def test_text_samples_need_no_state_and_take_any_view_count():
+    """Only action samples feed the action expert: text samples (VQA, chat, thinking) need neither num_views views
+    nor the proprio state, and batch together with action samples."""
+    m = InstructVLA.from_preset("tiny", num_queries=4, image_size=32,
+                                action_expert_overrides={"num_views": 2, "use_state": True})
+    p = m.processor
+    vqa = _sample(reply="A red apple.", has_action=False, v=1, size=32)
+    enc = p.encode(vqa)
+    assert "state" not in enc and enc["pixel_values"].shape == (3, 112, 112)
+    gen = p.encode({"images": vqa["images"], "conversation": [{"role": "user", "content": "What is this?"}]},
+                   generation_prompt=True)
+    assert gen["input_ids"][-1].item() != p.im_end and "state" not in gen
+    act = _sample(v=2, size=32, state=np.ones(8, np.float32))
+    batch = p([vqa, act])
+    assert batch["has_action"].tolist() == [False, True]
+    assert batch["dino_images"].shape == (2, 2, 3, 64, 64) and not batch["dino_images"][0].any()
+    assert torch.equal(batch["dino_images"][1:], p([act])["dino_images"])
+    assert torch.equal(batch["state"], torch.stack([torch.zeros(8), torch.ones(8)]))
+    out = m(batch, generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in out.values()) and out["fm_loss"] > 0
+    # the action expert's inputs stay required for action samples
+    with pytest.raises(ValueError, match="1 views, the model expects num_views=2"):
+        p.encode(_sample(v=1, size=32, state=np.ones(8, np.float32)))
+    with pytest.raises(ValueError, match="state is missing"):
+        p.encode(_sample(v=2, size=32))
+    with pytest.raises(ValueError, match="has no views"):
+        p.encode(_sample(has_action=False, v=0, size=32))

@@ -226,3 +226,59 @@ def test_reusing_a_backbone_detaches_old_hooks():
     assert torch.equal(h, h0)  # b's own LoRA is zero-init; a's perturbed hooks are gone
     c = InstructVLA(a.config, backbone=b.backbone)  # implicit: warns and detaches b's hooks
     assert b.backbone._attached == [c.molora]
+
+
+def test_text_generation_needs_no_state_nor_every_view():
+    """Thinking and chat run only the VLM: a use_state, two-camera model answers from one view without state."""
+    m = InstructVLA.from_preset("tiny", num_queries=4, image_size=64,
+                                action_expert_overrides={"num_views": 2, "use_state": True})
+    one = _samples(1)[0]["images"]
+    assert isinstance(m.generate_text(one, "What is on the table?", max_new_tokens=3), str)
+    two = np.concatenate([one, one[:, ::-1]])
+    chunk, reply = m.predict_action(two, "pick up the apple", state=np.zeros(8, np.float32), think=True)
+    assert chunk.shape == (16, 7) and isinstance(reply, str)
+    with pytest.raises(ValueError, match="state is required"):
+        m.predict_action(two, "pick up the apple", think=True)
+
+
+def test_release_backbone_removes_row_hooks():
+    """The old model's query-row gradient mask must not act on the new model (here: stage 0, every row trains)."""
+    a = InstructVLA.from_preset("tiny", num_queries=4, image_size=64)
+    b = InstructVLA(a.config, backbone=a.release_backbone())
+    b.set_trainable(0)
+    b.train()
+    b(b.processor(_samples(1, has_action=False)))["loss"].backward()
+    grad = b.backbone.input_embeddings().weight.grad
+    old = [i for i in range(grad.shape[0]) if i not in set(b.query_ids)]
+    assert grad[old].abs().sum() > 0
+    c = InstructVLA(a.config, backbone=b.backbone)  # implicit detach also drops b's row hooks
+    assert len(c.backbone._row_hooks) == len({id(c.backbone.input_embeddings().weight),
+                                              id(c.backbone.output_embeddings().weight)})
+
+
+def test_unused_mask_token_is_frozen_in_stage1():
+    """DINOv2's mask token never takes part in a forward: it stays frozen, so every trainable weight gets a
+    gradient (DDP needs no find_unused_parameters)."""
+    m = InstructVLA.from_preset("tiny", num_queries=4, image_size=64)
+    names = m.set_trainable(1)
+    assert "action_expert.vision.dino.embeddings.mask_token" not in names
+    assert not m.action_expert.vision.dino.embeddings.mask_token.requires_grad
+    m.train()
+    m(m.processor(_samples(2)), generator=torch.Generator().manual_seed(0))["loss"].backward()
+    dead = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not dead
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cpu_generator_drives_a_cuda_model():
+    m = InstructVLA.from_preset("tiny", num_queries=4, image_size=64).cuda()
+    batch = m.processor(_samples(2))
+    a = m(batch, generator=torch.Generator().manual_seed(0))["fm_loss"]
+    b = m(batch, generator=torch.Generator().manual_seed(0))["fm_loss"]
+    assert torch.equal(a, b)
+    lat = torch.randn(2, 4, m.action_expert.cfg.latent_dim, device="cuda")
+    imgs = batch["dino_images"].cuda()
+    acts = batch["actions"].cuda()
+    la = m.action_expert.loss(lat, imgs, None, acts, generator=torch.Generator().manual_seed(1))
+    lb = m.action_expert.loss(lat, imgs, None, acts, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(la, lb)

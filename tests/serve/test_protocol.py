@@ -88,11 +88,14 @@ def test_validate_accepts_good_request():
     assert req.image.shape == (32, 40, 3) and req.wrist_image.shape == (24, 24, 3)
     assert req.state.dtype == np.float32 and req.options.think is True and req.options.max_new_tokens == 5
     assert req.options.mode == "act" and req.prompt == "pick up the red cube"
-    # chat mode needs no state (the VLM still sees every camera)
+    # chat mode needs no state and no wrist view (the VLM sees the cameras sent; the action expert does not run)
     req = validate_request(_obs(**{"observation/state": None, "options": {"mode": "chat"}}), SPEC)
-    assert req.options.mode == "chat" and req.state is None
-    with pytest.raises(ProtocolError, match="wrist"):
-        validate_request(_obs(**{"observation/wrist_image": None, "options": {"mode": "chat"}}), SPEC)
+    assert req.options.mode == "chat" and req.state is None and req.wrist_image is not None
+    req = validate_request(_obs(**{"observation/wrist_image": None, "observation/state": None,
+                                   "options": {"mode": "chat"}}), SPEC)
+    assert req.wrist_image is None and req.state is None
+    with pytest.raises(ProtocolError, match="wrist"):  # acting still needs it
+        validate_request(_obs(**{"observation/wrist_image": None, "options": {"mode": "act"}}), SPEC)
 
 
 @pytest.mark.parametrize(

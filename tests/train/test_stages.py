@@ -68,7 +68,10 @@ def test_stage2_trainable_set_is_the_papers(stage1_dir):
 def test_stage1_stage0_and_no_moe_trainable_sets(stage1_dir):
     model = InstructVLA.from_preset("tiny")
     s1 = set(configure_trainable(model, 1))
-    assert all(p.requires_grad for p in model.action_expert.parameters())
+    assert s1 == paper_trainable_names(model, 1) == set(model.trainable_parameter_names(1))
+    mask_token = "action_expert.vision.dino.embeddings.mask_token"  # never used in a forward: frozen (DDP)
+    assert mask_token not in s1 and not model.get_parameter(mask_token).requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("action_expert.") and n != mask_token)
     assert {n for n in s1 if n.startswith("backbone.")} == set(model.embedding_param_names())
     s0 = set(configure_trainable(model, 0))
     assert s0 == {n for n, _ in model.named_parameters() if n.startswith("backbone.")}

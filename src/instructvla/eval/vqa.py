@@ -52,12 +52,11 @@ def _load_image(path: str) -> np.ndarray:
 def ask(policy: Any, image: np.ndarray, question: str, max_new_tokens: int = 64) -> str:
     """One chat question about one image through `Policy.infer` (mode "chat"); returns the answer text.
 
-    A policy with a wrist camera also needs a second view; the scene image is sent as both (the corpus has one view).
+    Only the scene image is sent, also to a policy with a wrist camera (chat mode needs no wrist view; the corpus
+    has one view, the one the model saw in multimodal training).
     """
     obs: dict[str, Any] = {"observation/image": image, "prompt": question,
                            "options": {"mode": "chat", "max_new_tokens": int(max_new_tokens)}}
-    if getattr(policy.request_spec, "wrist_camera", False):
-        obs["observation/wrist_image"] = image
     out = policy.infer(obs)
     return str(out.get("text", ""))
 

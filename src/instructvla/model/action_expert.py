@@ -518,6 +518,11 @@ class ActionExpert(nn.Module):
 
     # ------------------------------------------------------------------ weights and sizes
 
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters no forward pass uses (DINOv2's masked-image-modelling mask token): kept frozen, so DDP needs
+        no find_unused_parameters and trainable sets leave them out."""
+        return ["vision.dino.embeddings.mask_token"]
+
     def load_vision_weights(self, path: str) -> None:
         """Load a saved Dinov2WithRegisters directory (save_pretrained / hub layout) into the vision tower.
 

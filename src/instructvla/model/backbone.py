@@ -183,6 +183,7 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self._cache_kw = _cache_kwarg_name(self.adapter.base_model(hf))
         self._attached: list = []  # MoLoRA objects hooked into this model (a list: not registered as submodules)
+        self._row_hooks: list = []  # gradient-hook handles an InstructVLA put on the embedding matrices
 
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod

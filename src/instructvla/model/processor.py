@@ -5,7 +5,9 @@ Layout of one sequence (Eagle family; method.md §2.1):
     <|im_start|>assistant\\n{reply + " " if reply}<new_token_0>...<new_token_N-1><|im_end|>\\n
 Labels cover every assistant turn's content and its <|im_end|> (queries included). Multi-view samples (primary +
 wrist) are concatenated side by side into one image for the VLM (method.md §4.4), squashed to the VLM's square size;
-the action expert gets every view separately (its own preprocessing).
+the action expert gets every view separately (its own preprocessing). Only action samples feed the action expert, so
+only they must carry exactly `num_views` views (and the state when use_state); text samples (VQA, chat, the
+thinking reply) take any number of views and no state.
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ class VLAProcessor:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     # ---- images -------------------------------------------------------------------------------------------------
-    def check_images(self, images: Any, where: str = "images") -> torch.Tensor:
-        """Validate uint8 (V, H, W, 3) views; returns a uint8 tensor."""
+    def check_images(self, images: Any, where: str = "images", any_views: bool = False) -> torch.Tensor:
+        """Validate uint8 (V, H, W, 3) views (V = num_views unless any_views); returns a uint8 tensor."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.ascontiguousarray(images))
         if not isinstance(images, torch.Tensor):
@@ -94,8 +96,11 @@ class VLAProcessor:
             raise ValueError(f"{where} must have shape (V, H, W, 3), got {tuple(images.shape)} (ndim {images.ndim})")
         v, h, w, _ = images.shape
         s = self.spec
-        if v != s.num_views:
-            raise ValueError(f"{where} has {v} views, the model expects num_views={s.num_views}")
+        if v < 1:
+            raise ValueError(f"{where} has no views (shape {tuple(images.shape)})")
+        if v != s.num_views and not any_views:
+            raise ValueError(f"{where} has {v} views, the model expects num_views={s.num_views} (action samples feed "
+                             "every view to the action expert)")
         if (h, w) != (s.image_size, s.image_size):
             raise ValueError(f"{where} image size is {h}x{w}, the model expects {s.image_size}x{s.image_size} "
                              "(config image_size)")
@@ -166,11 +171,16 @@ class VLAProcessor:
 
     # ---- samples ------------------------------------------------------------------------------------------------
     def encode(self, sample: dict, inference: bool = False, generation_prompt: bool = False) -> dict[str, Any]:
-        """One `Sample` -> unbatched tensors. inference=True stops the sequence after the query tokens."""
+        """One `Sample` -> unbatched tensors. inference=True stops the sequence after the query tokens.
+
+        Action samples (has_action, not generation_prompt) need num_views views and, when use_state, the state;
+        text samples take any number of views and no state (the action expert does not run on them).
+        """
         if "images" not in sample or sample["images"] is None:
             raise ValueError("sample has no 'images' (V, H, W, 3) uint8")
-        images = self.check_images(sample["images"], "sample['images']")
         has_action = bool(sample.get("has_action", False))
+        expert = has_action and not generation_prompt
+        images = self.check_images(sample["images"], "sample['images']", any_views=not expert)
         ids, labels, qstart = self._conversation_ids(
             sample.get("conversation", []), with_queries=has_action and not generation_prompt,
             generation_prompt=generation_prompt, stop_after_queries=inference,
@@ -201,7 +211,7 @@ class VLAProcessor:
             if not torch.isfinite(st).all():
                 raise ValueError("state contains NaN or Inf")
             out["state"] = st
-        elif s.use_state:
+        elif s.use_state and expert:
             raise ValueError("state is missing but the model uses proprioceptive state (use_state=True)")
         if has_action and not inference:
             if sample.get("actions") is None:
@@ -238,18 +248,28 @@ class VLAProcessor:
             if it["query_positions"] is not None:
                 qpos[i] = it["query_positions"]
         has_action = torch.tensor([bool(it["has_action"]) for it in items])
-        images = torch.stack([it["images"] for it in items])
         batch: dict[str, torch.Tensor] = {
             "input_ids": input_ids, "attention_mask": attn, "labels": labels,
             "pixel_values": torch.stack([it["pixel_values"] for it in items]),
             "query_positions": qpos, "has_action": has_action,
         }
-        if self.dino_preprocess is not None and bool(has_action.any()):
-            batch["dino_images"] = self.dino_preprocess(images)
+        rows = has_action.nonzero().squeeze(1).tolist()
+        if self.dino_preprocess is not None and rows:
+            # Only action rows feed the action expert; text rows (any view count) get zeros, row-aligned.
+            dino = self.dino_preprocess(torch.stack([items[i]["images"] for i in rows]))
+            full = dino.new_zeros((b, *dino.shape[1:]))
+            full[rows] = dino
+            batch["dino_images"] = full
         if any("state" in it for it in items):
-            if not all("state" in it for it in items):
-                raise ValueError("some samples in the batch have 'state' and some do not")
-            batch["state"] = torch.stack([it["state"] for it in items])
+            missing = [i for i in rows if "state" not in items[i]]
+            if missing:
+                raise ValueError("some samples in the batch have 'state' and some do not (every action sample needs "
+                                 f"one; missing at rows {missing})")
+            state = torch.zeros((b, s.state_dim))
+            for i, it in enumerate(items):
+                if "state" in it:
+                    state[i] = it["state"]
+            batch["state"] = state
         if any("actions" in it for it in items):
             actions = torch.zeros((b, s.chunk_size, s.action_dim))
             pad = torch.ones((b, s.chunk_size), dtype=torch.bool)

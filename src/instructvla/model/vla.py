@@ -64,7 +64,7 @@ class InstructVLA(nn.Module):
             if backbone is None:
                 backbone = (Backbone.from_preset(config.backbone, seed=None) if config.backbone_is_preset
                             else Backbone.from_pretrained(config.backbone))
-            if backbone._attached:
+            if backbone._attached or backbone._row_hooks:
                 logger.warning("backbone already carries another model's LoRA hooks; detaching them (that model "
                                "now runs without adapters). Use InstructVLA.release_backbone() to do this explicitly.")
                 self._detach_all(backbone)
@@ -102,10 +102,14 @@ class InstructVLA(nn.Module):
         for mol in backbone._attached:
             mol.detach()
         backbone._attached.clear()
+        for handle in backbone._row_hooks:
+            handle.remove()
+        backbone._row_hooks.clear()
 
     def release_backbone(self) -> Backbone:
-        """Remove this model's LoRA hooks and return the plain backbone (to build another model on the same VLM
-        weights, e.g. stage 1 from a stage-0 checkpoint). This model is unusable afterwards."""
+        """Remove this model's LoRA hooks and embedding-row gradient hooks and return the plain backbone (to build
+        another model on the same VLM weights, e.g. stage 1 from a stage-0 checkpoint). This model is unusable
+        afterwards."""
         self._detach_all(self.backbone)
         return self.backbone
 
@@ -157,7 +161,7 @@ class InstructVLA(nn.Module):
     def _register_row_hooks(self) -> None:
         params = {id(p): p for p in (self.backbone.input_embeddings().weight, self.backbone.output_embeddings().weight)}
         for p in params.values():
-            p.register_hook(self._mask_rows)
+            self.backbone._row_hooks.append(p.register_hook(self._mask_rows))
 
     def _mask_rows(self, grad: torch.Tensor) -> torch.Tensor:
         if not self._restrict_rows:
@@ -175,19 +179,22 @@ class InstructVLA(nn.Module):
 
     # ---- trainable sets --------------------------------------------------------------------------------------------
     def trainable_parameter_names(self, stage: int | None = None) -> list[str]:
-        """Stage 0: the whole VLM; 1: action LoRA + query rows + action expert; 2: LoRA experts + scale head + rows."""
+        """Stage 0: the whole VLM; 1: action LoRA + query rows + action expert (less its never-used parameters,
+        `ActionExpert.unused_parameter_names`); 2: LoRA experts + scale head + rows."""
         stage = self.config.stage if stage is None else stage
         if stage not in (0, 1, 2):
             raise ValueError(f"stage must be 0, 1 or 2, got {stage}")
         if stage == 2 and self.config.stage != 2:
             raise ValueError("stage-2 training needs a stage-2 model (see to_stage2)")
         emb = set(self.embedding_param_names())
+        unused = {f"action_expert.{n}" for n in self.action_expert.unused_parameter_names()}
         names = []
         for n, _ in self.named_parameters(remove_duplicate=True):
             if stage == 0:
                 ok = n.startswith("backbone.")
             elif stage == 1:
-                ok = n.startswith("molora.adapters.") or n.startswith("action_expert.") or n in emb
+                ok = (((n.startswith("molora.adapters.") or n.startswith("action_expert.")) and n not in unused)
+                      or n in emb)
             else:
                 ok = n.startswith("molora.") or n in emb
             if ok:
@@ -239,9 +246,7 @@ class InstructVLA(nn.Module):
         for key in ("input_ids", "attention_mask", "labels", "pixel_values", "has_action"):
             if key not in batch:
                 raise KeyError(f"batch is missing {key!r} (build batches with model.processor)")
-        dev = self.device
-        if generator is not None and generator.device.type != dev.type:
-            raise ValueError(f"generator is on {generator.device}, the model on {dev}: use torch.Generator(device=...)")
+        dev = self.device  # a generator on any device works: noise and times are drawn there, then moved
         input_ids = batch["input_ids"].to(dev)
         labels = batch["labels"].to(dev)
         hidden, _ = self.backbone.hidden_states(input_ids, batch["attention_mask"].to(dev), batch["pixel_values"].to(dev))

@@ -278,7 +278,7 @@ def validate_request(obs: Any, spec: RequestSpec) -> Request:
     """Check a decoded observation against `spec`; raise `ProtocolError` naming the first problem found.
 
     Unknown keys, missing keys and inputs the policy does not use (a wrist image or state sent to a policy without
-    them) are errors, never silently dropped.
+    them) are errors, never silently dropped. In chat mode the wrist image and the state are optional.
     """
     if not isinstance(obs, Mapping):
         raise ProtocolError(f"a request must be a map of observation keys, got {type(obs).__name__}")
@@ -314,9 +314,10 @@ def validate_request(obs: Any, spec: RequestSpec) -> Request:
             raise ProtocolError(f"this policy uses only {IMAGE_KEY!r}; do not send {WRIST_KEY!r}")
         wrist = _check_image(WRIST_KEY, obs[WRIST_KEY], spec)
     options = _check_options(obs.get(OPTIONS_KEY, {}), spec)
-    # the VLM sees every camera (side by side), so a wrist-camera policy needs it in chat mode too.
-    if spec.wrist_camera and wrist is None:
-        raise ProtocolError(f"missing required key {WRIST_KEY!r} (this policy uses a wrist camera)")
+    # acting feeds every camera to the action expert; chat only shows the VLM the cameras sent (side by side).
+    if spec.wrist_camera and wrist is None and options.mode == "act":
+        raise ProtocolError(f"missing required key {WRIST_KEY!r} (this policy uses a wrist camera to act; "
+                            "it is optional only in chat mode)")
     state = None
     if STATE_KEY in obs:
         if spec.state_dim is None:

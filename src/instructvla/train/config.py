@@ -54,6 +54,8 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes per rank
     chunk_size: int = 16  # action chunk length
     use_state: bool = False  # proprioceptive state token ("(S.)" models)
+    image_size: int = 224  # side of the frames fed to the model (stage 0/1; stage 2 takes the stage-1 model's)
+    num_queries: int = 64  # latent action query tokens (stage 0/1; stage 2 takes the stage-1 model's)
     augment: bool = True  # image augmentation on robot frames
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # robot-prompt ratios (stage 2; motion share: 1, 2)
     no_moe: bool = False  # ablation: one LoRA trained on everything (no expert split, no scale head)
@@ -74,6 +76,10 @@ class TrainConfig:
         if self.stage == 2 and not self.init:
             raise ValueError("init: stage 2 starts from a stage-1 model folder, give --init=<stage-1 run>/model")
         for name in ("steps", "batch_size", "mm_batch_size", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("image_size", "num_queries"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -31,7 +31,8 @@ STAGE_NAMES = {0: "VLM pretraining", 1: "Expert (action pretraining)", 2: "Gener
 def paper_trainable_names(model: nn.Module, stage: int, no_moe: bool = False) -> set[str]:
     """The trainable parameter names method.md §4 prescribes, derived from the model's parts (not its own lists).
 
-    stage 0: every VLM parameter; stage 1: LoRA + embedding matrices (query rows) + action expert;
+    stage 0: every VLM parameter; stage 1: LoRA + embedding matrices (query rows) + action expert (less the
+    parameters no forward uses, which stay frozen);
     stage 2: every LoRA expert + scale head + embedding matrices; no_moe: LoRA + embedding matrices.
     (The embedding matrices are trainable tensors whose gradient is masked to the query rows outside stage 0.)
     """
@@ -49,7 +50,9 @@ def paper_trainable_names(model: nn.Module, stage: int, no_moe: bool = False) ->
     rows = set(model.embedding_param_names())
     lora = names(model.molora.lora_parameters())
     if stage == 1:
-        return lora | rows | names(model.action_expert.parameters())
+        ae = model.action_expert
+        unused = {id(p) for n, p in ae.named_parameters() if n in set(ae.unused_parameter_names())}
+        return lora | rows | names(p for p in ae.parameters() if id(p) not in unused)
     if no_moe:
         return lora | rows
     return lora | names(model.molora.gate_parameters()) | rows
@@ -109,7 +112,8 @@ def build_model(cfg: TrainConfig, num_views: int = 1):
                         else Backbone.from_pretrained(init))
             name = str(init)
         config = InstructVLAConfig.from_dict({
-            "backbone": name, "stage": 1, "seed": cfg.seed,
+            "backbone": name, "stage": 1, "seed": cfg.seed, "image_size": cfg.image_size,
+            "num_queries": cfg.num_queries,
             "action_expert": _EXPERT_FOR_PRESET.get(cfg.preset, "tiny"), "action_expert_overrides": overrides,
         })
         model = InstructVLA(config, backbone=backbone)
@@ -188,23 +192,12 @@ def _fsdp_row_mask(model) -> Any:
     return fix
 
 
-def _one_view_processor(model):
-    import dataclasses
-
-    from instructvla.model.processor import VLAProcessor
-
-    proc = model.processor
-    if proc.spec.num_views == 1:
-        return proc
-    return VLAProcessor(model.tokenizer, dataclasses.replace(proc.spec, num_views=1), dino_preprocess=None)
-
-
 def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
     """Model, datasets, collate and export for `cfg.stage` (all ranks build the same model from the same seed)."""
-    from instructvla.model.config import InstructVLAConfig
-
     logger.info("stage %d: %s", cfg.stage, STAGE_NAMES[cfg.stage])
-    image_size = InstructVLAConfig().image_size
+    image_size = cfg.image_size
+    if cfg.stage == 2:  # the stage-1 model fixes the frame size
+        image_size = int(json.loads((Path(cfg.init) / "config.json").read_text()).get("image_size", image_size))
     robot = None
     if cfg.stage in (1, 2):
         stats = None
@@ -230,8 +223,9 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
     logger.info("trainable parameters: %.2fM of %.2fM", n / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
 
     processor = model.processor
-    # Multimodal samples carry one view; they need no action-expert inputs, so a one-view processor batches them.
-    mm_processor = _one_view_processor(model) if mm is not None else None
+    # Multimodal samples carry one view and no state; the model's processor accepts them (text samples need no
+    # action-expert inputs), so the same processor batches both.
+    mm_processor = processor if mm is not None else None
     strategy_fsdp = cfg.strategy == "fsdp"
 
     def export(m: nn.Module, folder: Path) -> None:
