@@ -113,6 +113,9 @@ class DemoConfig:
     batch_size: int | None = None
     eval_suites: str | None = None
     eval_episodes: int | None = None
+    eval_max_steps: int | None = None
+    instruct_episodes: int | None = None
+    vqa_limit: int | None = None
     no_moe_baseline: bool | None = None
     think_eval: bool | None = None
 

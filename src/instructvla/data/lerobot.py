@@ -33,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instructvla.jsonl import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 CODEBASE_VERSION = "v3.0"
@@ -67,6 +69,11 @@ class DatasetError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+def line_error(path: Path, lineno: int, problem: str) -> DatasetError:
+    """`iter_jsonl` error factory: a DatasetError naming the file and the line."""
+    return DatasetError(path, f"line {lineno}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------------------- video
@@ -939,13 +946,7 @@ class LeRobotDatasetReader:
         out: dict[int, dict[int, dict]] = {}
         if not path.exists():
             return out
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(path, f"line {n}: invalid JSON ({e})") from e
+        for n, rec in iter_jsonl(path, error=line_error):
             ep, fi = rec.get("episode_index"), rec.get("frame_index")
             if not isinstance(ep, int) or not isinstance(fi, int):
                 raise DatasetError(path, f"line {n}: needs integer 'episode_index' and 'frame_index'")

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from instructvla.data import prompts
 from instructvla.data.augment import resize_images
-from instructvla.data.lerobot import DatasetError
+from instructvla.data.lerobot import DatasetError, line_error
+from instructvla.jsonl import iter_jsonl
 from instructvla.types import Sample
 
 RECORDS_FILE = "records.jsonl"
@@ -79,13 +80,7 @@ def read_records(root_or_file: str | os.PathLike, split: str | None = None) -> l
     """Records of one split (all if None); every image path is checked to exist."""
     path = resolve_records_file(root_or_file)
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(path, f"line {n}: invalid JSON ({e})") from e
+    for n, rec in iter_jsonl(path, error=line_error):
         missing = [k for k in REQUIRED_KEYS if k not in rec]
         if missing:
             raise DatasetError(path, f"line {n}: missing key(s) {missing}")

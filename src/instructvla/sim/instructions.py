@@ -13,13 +13,13 @@ pieces live in `language_utils` (slots, references, canonical phrasing, typos), 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from instructvla.jsonl import iter_jsonl
 from instructvla.sim.instruct_families import (
     COMMONSENSE_PAIRS,
     INTENT_NEEDS,
@@ -221,17 +221,8 @@ def load_instruction_file(path: str | Path, register: bool = True) -> list[Templ
     if not path.is_file():
         raise FileNotFoundError(f"instruction file {path} does not exist")
     groups: dict[str, dict] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for lineno, rec in iter_jsonl(path, comments=True):
         where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         unknown = set(rec) - set(_FILE_FIELDS) - {"requires"}
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed {list(_FILE_FIELDS) + ['requires']}")

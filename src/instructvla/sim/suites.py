@@ -9,7 +9,6 @@ SimplerEnv-Instruct: per-task success rate -> mean per category -> mean of categ
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from collections.abc import Iterable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from instructvla.jsonl import iter_jsonl
 from instructvla.sim.instructions import NotApplicableError, render_instruction
 
 logger = logging.getLogger(__name__)
@@ -318,17 +318,8 @@ def load_suite_file(path: str | Path) -> list[InstructTask]:
     if not path.is_file():
         raise FileNotFoundError(f"suite file {path} does not exist")
     out: list[InstructTask] = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for lineno, rec in iter_jsonl(path, comments=True):
         where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object")
         allowed = {"task_id", "category", "family_id", "spec", "split", "num_episodes", "seeds"}
         if set(rec) - allowed:
             raise ValueError(f"{where}: unknown field(s) {sorted(set(rec) - allowed)}")

@@ -117,30 +117,46 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Progress:
-    """rich progress bar (rank 0, TTY or forced) with loss, samples/s and ETA; a no-op otherwise."""
+    """rich progress bar (rank 0, TTY or forced) with loss, samples/s and ETA; a no-op otherwise.
 
-    def __init__(self, enabled: bool, total: int, start: int, description: str) -> None:
+    The ETA is the sooner of "all steps done" and "time limit reached" when the run has a time limit.
+    """
+
+    def __init__(self, enabled: bool, total: int, start: int, description: str,
+                 time_limit_s: float | None = None) -> None:
         self.bar = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+        self.total, self.start_step, self.time_limit_s = total, start, time_limit_s
+        self.t0 = time.perf_counter()
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[sps]} samples/s"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
         )
         self.bar.start()
-        self.task = self.bar.add_task(description, total=total, completed=start, loss="-", sps="-")
+        self.task = self.bar.add_task(description, total=total, completed=start, loss="-", sps="-", eta="-")
+
+    def _eta(self, step: int) -> str:
+        elapsed = time.perf_counter() - self.t0
+        done = step - self.start_step
+        left = (self.total - step) * elapsed / done if done > 0 else float("inf")
+        if self.time_limit_s is not None:
+            left = min(left, max(self.time_limit_s - elapsed, 0.0))
+        if left == float("inf"):
+            return "-"
+        minutes, seconds = divmod(int(left), 60)
+        return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
 
     def update(self, step: int, loss: float | None = None, sps: float | None = None) -> None:
         if self.bar is None:
             return
-        fields = {}
+        fields = {"eta": self._eta(step)}
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
         if sps is not None:
@@ -277,7 +293,7 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
         return losses, norm, bool(summed[-1] > 0)
 
     progress = _progress_enabled(cfg.progress, info)
-    bar = _Progress(progress, cfg.steps, state.step, f"stage {cfg.stage}")
+    bar = _Progress(progress, cfg.steps, state.step, f"stage {cfg.stage}", cfg.time_limit_s)
     metrics_path = out / METRICS_FILE
     window: dict[str, list[float]] = {}
     window_start, window_samples = _now(), 0

@@ -1,0 +1,45 @@
+"""The demo orchestrator: preset resolution, headline extraction, and (slow) a miniature end-to-end run."""
+
+import json
+
+import pytest
+
+from instructvla.demo import PRESETS, DemoConfig, _headline, demo
+
+
+def test_unknown_preset_names_the_field_and_suggests():
+    with pytest.raises(ValueError, match=r"preset.*did you mean 'quick'"):
+        DemoConfig(preset="quik")
+
+
+def test_overrides_replace_preset_values():
+    p = DemoConfig(preset="quick", episodes=7, stage1_minutes=0.5).resolved()
+    assert p.episodes == 7 and p.stage1_minutes == 0.5
+    assert p.model_preset == PRESETS["quick"].model_preset
+
+
+def test_headline_reads_the_evaluation_schema():
+    results = {
+        "suites": {"atomic-quick": {"overall": 0.5, "splits": {"seen": 0.5}, "categories": {"atomic": 0.5},
+                                    "by_split": {"seen": {"categories": {"atomic": 0.5}}},
+                                    "tasks": [{"task_id": "atomic/pick_any", "split": "seen", "success_rate": 0.75}]}},
+        "vqa": {"overall": {"exact_match": 0.25, "bleu1": 0.5}},
+    }
+    h = _headline(results)
+    assert h["atomic-quick/overall"] == 0.5 and h["atomic-quick/task/atomic/pick_any"] == 0.75
+    assert h["vqa/exact_match"] == 0.25 and h["vqa/bleu1"] == 0.5
+
+
+@pytest.mark.slow
+def test_miniature_demo_runs_every_phase(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "demo"), workers=1, episodes=6, multimodal_samples=8, stage0_steps=2,
+                     stage1_steps=2, stage2_steps=2, eval_suites="atomic-quick,vqa", eval_episodes=1,
+                     eval_max_steps=8, vqa_limit=3)
+    assert demo(cfg) == 0
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(results["evaluations"]) == {"Stage-0 VLM", "Expert", "Generalist"}
+    assert "atomic-quick/overall" in results["evaluations"]["Expert"]
+    assert "vqa/exact_match" in results["evaluations"]["Stage-0 VLM"]
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
+    # a second run reuses every finished phase
+    assert demo(cfg) == 0
