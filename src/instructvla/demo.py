@@ -225,6 +225,7 @@ def _evaluate(cfg: DemoConfig, p: DemoPreset, name: str, model_dir: str, folder:
             policy=model_dir, name=name, suite=",".join(group), episodes=episodes, seeds=[cfg.seed + 1000],
             workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
             execution=p.eval_execution, open_loop_k=p.open_loop_k, device=_device(cfg), out=str(sub),
+            center_crop_area=0.9,  # mirrors the training crop (random 0.9-area crops), method.md §6
             vqa_data=str(data), vqa_limit=p.vqa_limit, vqa_max_new_tokens=p.vqa_max_new_tokens, think=think,
         ))
         for video in res["videos"]:  # video paths are relative to each sub-evaluation's folder
