@@ -191,6 +191,44 @@ def test_cached_equals_uncached_with_hard_mask(num_views: int, use_state: bool) 
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_state", [False, True])
+def test_fast_cached_step_matches_the_reference_step(use_state: bool) -> None:
+    """The no-grad fast step (fused/transposed weights, RoPE tables and K/V buffers built once) gives the same
+    velocities as the plain module path (taken with autograd on), step after step on one prefix."""
+    cfg = make_cfg(use_state=use_state, num_views=2)
+    model = build(cfg)
+    inp = make_inputs(cfg, batch=3)
+    with torch.no_grad():
+        prefix = model.encode_prefix(**inp)
+    keys_before = [k.clone() for k in prefix.keys]
+    for seed in range(3):  # the reused K/V buffers must not leak one step's actions into the next
+        g = torch.Generator().manual_seed(seed)
+        x, t = torch.randn(3, cfg.chunk_size, cfg.action_dim, generator=g), torch.rand(3, generator=g)
+        with torch.no_grad():
+            fast = model.velocity(prefix, x, t)
+        assert prefix.step is not None
+        reference = model.velocity(prefix, x, t).detach()  # grad enabled: the module path
+        torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+    for before, after in zip(keys_before, prefix.keys, strict=True):
+        assert torch.equal(before, after)  # the prefix cache itself is never written
+
+
+def test_fast_step_follows_weight_changes_and_keeps_state_dict() -> None:
+    cfg = make_cfg()
+    model = build(cfg)
+    keys = set(model.state_dict())
+    inp = make_inputs(cfg)
+    noise = torch.randn(2, cfg.chunk_size, cfg.action_dim, generator=torch.Generator().manual_seed(0))
+    before = model.sample(**inp, noise=noise)
+    assert set(model.state_dict()) == keys  # the step caches are plain attributes, not saved
+    with torch.no_grad():  # in-place updates (as an optimiser step does) must invalidate the cached copies
+        model.transformer.layers[0].self_attn.q_proj.weight.mul_(1.5)
+        model.head[0].bias.add_(0.1)
+    after = model.sample(**inp, noise=noise)
+    assert not torch.allclose(before, after, atol=1e-4)
+    torch.testing.assert_close(after, model.sample(**inp, noise=noise, use_cache=False), rtol=1e-5, atol=1e-5)
+
+
 def test_cache_check_is_sensitive_to_a_leaky_mask() -> None:
     """Negative control: a mask that lets the prefix see the actions breaks cached == uncached."""
     cfg = make_cfg()

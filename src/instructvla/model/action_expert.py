@@ -3,7 +3,8 @@
 Sequence layout (method.md §2.4): [visual | latent | (state) | action]. Visual tokens see visual tokens only; latent
 (and state) tokens see the whole prefix; action tokens see everything. With the hard (-inf) mask the prefix never
 depends on the noisy actions, so inference encodes the prefix once (`encode_prefix`, a per-layer KV cache) and each
-Euler step runs only the action tokens against it (`velocity`).
+Euler step runs only the action tokens against it (`velocity`). Under no_grad in eval mode that step takes a fast path
+(`ExpertTransformer.cached_step`) whose constants (RoPE tables, K/V buffers, fused transposed weights) are built once.
 
 Multi-view tokens are interleaved patch-wise, as in the reference: [v0p0, v1p0, v0p1, v1p1, ...]
 (``view_token_order="concat"`` gives all of view 0, then all of view 1).
@@ -13,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from instructvla.model.expert_transformer import ExpertTransformer
+from instructvla.model.expert_transformer import CachedStepPlan, ExpertTransformer
 from instructvla.model.film_vision import IMAGENET_MEAN, IMAGENET_STD, FiLMDinoV2, preprocess_images
 from instructvla.model.flow import (
     ATTENTION_KINDS,
@@ -255,6 +258,9 @@ class PrefixCache:
     n_visual: int
     n_latent: int
     n_state: int
+    # Per-prefix constants of the inference fast path (RoPE tables, K/V buffers), built on the first no-grad
+    # `velocity` call.
+    step: tuple[CachedStepPlan, _StepInputWeights] | None = field(default=None, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -263,6 +269,19 @@ class PrefixCache:
     @property
     def length(self) -> int:
         return self.embeds.shape[1]
+
+
+@dataclass
+class _StepInputWeights:
+    """Inference copies for the fast cached step outside the transformer (see `ExpertTransformer.step_weights`):
+    (bias, weight transposed to (in, out)) pairs for torch.addmm, the head as (weight, bias) or None for a SiLU,
+    and the time-embedding frequencies."""
+
+    key: tuple[tuple[int, int], ...]
+    action_in: tuple[torch.Tensor, torch.Tensor]
+    time_mlp: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    head: list[tuple[torch.Tensor, torch.Tensor] | None]
+    time_freqs: torch.Tensor
 
 
 def _mlp2(d_in: int, d: int) -> nn.Sequential:
@@ -294,6 +313,7 @@ class ActionExpert(nn.Module):
             layers += [nn.Linear(w_in, w_out), nn.SiLU()]
         layers.append(nn.Linear(widths[-1], cfg.chunk_size * cfg.action_dim))
         self.head = nn.Sequential(*layers)
+        self._fast_inputs: _StepInputWeights | None = None  # inference copies for the cached step (not saved)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -424,6 +444,17 @@ class ActionExpert(nn.Module):
         b = prefix.batch_size
         self._check_actions("noisy_actions", noisy_actions, b)
         self._check_time(t, b)
+        return self._velocity(prefix, noisy_actions, t)
+
+    def _velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """`velocity` without input checks (sample() validates its noise once; the Euler times are its own)."""
+        if (
+            prefix.keys is not None
+            and prefix.values is not None
+            and not self.training
+            and not torch.is_grad_enabled()
+        ):
+            return self._velocity_fast(prefix, noisy_actions, t)
         act = self.embed_actions(noisy_actions, t)
         if prefix.keys is not None and prefix.values is not None:
             hidden, _, _ = self.transformer(
@@ -434,6 +465,60 @@ class ActionExpert(nn.Module):
             mask = self._mask(prefix.n_visual, prefix.n_latent, prefix.n_state, act.shape[1], seq)
             hidden, _, _ = self.transformer(seq, mask=mask)
         return self._head(hidden)
+
+    @torch.no_grad()
+    def _step_input_weights(self) -> _StepInputWeights:
+        """Build (and cache on the module until a parameter changes) the fast step's non-transformer weights."""
+        params = [*self.action_in.parameters(), *self.action_time_mlp.parameters(), *self.head.parameters()]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = self._fast_inputs
+        if cached is not None and cached.key == key:
+            return cached
+
+        def bt(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+            assert isinstance(m, nn.Linear) and m.bias is not None
+            return m.bias.detach(), m.weight.detach().t().contiguous()
+
+        half = self.cfg.hidden_size // 2
+        freqs = torch.exp(
+            -math.log(self.cfg.time_max_period)
+            * torch.arange(half, device=self.action_in.weight.device, dtype=torch.float32)
+            / half
+        )  # exactly sinusoidal_time_embedding's frequencies (hidden_size is even)
+        # The head is Linear / SiLU only (built in __init__); F.linear keeps its (B, .) gemv bit-identical.
+        head = [(m.weight.detach(), m.bias.detach()) if isinstance(m, nn.Linear) else None for m in self.head]
+        mlp = self.action_time_mlp
+        self._fast_inputs = _StepInputWeights(key, bt(self.action_in), (bt(mlp[0]), bt(mlp[2])), head, freqs)
+        return self._fast_inputs
+
+    def _velocity_fast(
+        self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Inference-only cached step: the ops of `embed_actions` + transformer + `_head` (same results), with every
+        constant that does not depend on (x_t, t) built once: RoPE tables and K/V buffers per prefix, fused and
+        transposed weights per parameter version. Fewer dispatches per Euler step."""
+        assert prefix.keys is not None and prefix.values is not None
+        b, h, a_dim = noisy_actions.shape
+        d = self.cfg.hidden_size
+        if prefix.step is None:
+            prefix.step = (
+                self.transformer.plan_cached_step(prefix.keys, prefix.values, h, self._dtype),
+                self._step_input_weights(),
+            )
+        plan, w = prefix.step
+        a = torch.addmm(w.action_in[0], noisy_actions.to(self._dtype).reshape(b * h, a_dim), w.action_in[1])
+        if plan.dtype != a.dtype:  # autocast changed the compute dtype: RoPE tables in that dtype (once)
+            plan = self.transformer.plan_cached_step(prefix.keys, prefix.values, h, a.dtype)
+            prefix.step = (plan, w)
+        args = t.float()[:, None] * w.time_freqs[None]
+        te = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(a.dtype)
+        x = torch.cat([te[:, None].expand(-1, h, -1), a.view(b, h, d)], dim=-1).view(b * h, 2 * d)
+        (b0, w0), (b1, w1) = w.time_mlp
+        x = torch.addmm(b1, F.silu(torch.addmm(b0, x, w0)), w1)
+        out = self.transformer.cached_step(x.view(b, h, d), plan).reshape(b, h * d)
+        for wb in w.head:
+            out = F.silu(out) if wb is None else F.linear(out, wb[0], wb[1])
+        return out.view(-1, h, self.cfg.action_dim)
 
     def forward(
         self,
@@ -513,7 +598,7 @@ class ActionExpert(nn.Module):
             noise = noise.to(self._dtype)
         if use_cache:
             prefix = self.encode_prefix(latents, images, state)
-            return euler_integrate(lambda x, t: self.velocity(prefix, x, t), noise, steps)
+            return euler_integrate(lambda x, t: self._velocity(prefix, x, t), noise, steps)
         return euler_integrate(lambda x, t: self(latents, images, state, x, t), noise, steps)
 
     # ------------------------------------------------------------------ weights and sizes
@@ -530,6 +615,18 @@ class ActionExpert(nn.Module):
         (bicubic) when the checkpoint was saved at another image size. Blocks after the feature layer are skipped.
         """
         self.vision.load_dinov2(path)
+
+    def release_step_cache(self) -> None:
+        """Free the inference copies of the action-token weights (fused, transposed; about one transformer's worth
+        of memory) that the fast cached sampling step keeps between calls. They are rebuilt on the next sample."""
+        self._fast_inputs = None
+        self.transformer._step_weights = None
+
+    def train(self, mode: bool = True) -> ActionExpert:
+        """nn.Module.train; entering training mode also releases the inference step cache (training never uses it)."""
+        if mode:
+            self.release_step_cache()
+        return super().train(mode)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each vision block and transformer layer in the backward pass (saves activation memory)."""
