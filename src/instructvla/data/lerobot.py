@@ -57,9 +57,9 @@ QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 REQUIRED_INFO_KEYS = ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path")
 REQUIRED_STATS = ("min", "max", "mean", "std", "count")
 _NUMERIC = {"float32", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
-# codec name accepted in configs -> PyAV encoder
-CODECS = {"h264": "libx264", "libx264": "libx264", "av1": "libsvtav1", "libsvtav1": "libsvtav1",
-          "hevc": "libx265", "libx265": "libx265"}
+# codec name accepted in configs -> PyAV encoder. No hevc: the libx265 bundled with PyAV corrupted its heap and
+# aborted the process on small frames here (a native crash, not an exception), so it is not offered for writing.
+CODECS = {"h264": "libx264", "libx264": "libx264", "av1": "libsvtav1", "libsvtav1": "libsvtav1"}
 
 
 class DatasetError(ValueError):
@@ -86,7 +86,7 @@ class VideoConfig:
     thread, with a similar error (mean abs 2.4 vs 2.3 levels at 224 px) and smaller files; decoding speed was equal
     (benchmarks/collect_speed.py). "av1" is LeRobot's own default and is fully supported here.
 
-    codec:   "h264" | "av1" | "hevc" (or the encoder names libx264 / libsvtav1 / libx265).
+    codec:   "h264" | "av1" (or the encoder names libx264 / libsvtav1).
     crf:     quality (lower = better); None = the encoder's default.
     g:       GOP size (keyframe every g frames; 2 keeps random access cheap, as LeRobot does).
     preset:  encoder speed preset ("veryfast" for x264, 0-13 for svt-av1); None = a fast default.
@@ -118,8 +118,6 @@ class VideoConfig:
             opts.update(preset=str(self.preset or "veryfast"), bf="0", threads="1")
         elif self.encoder == "libsvtav1":
             opts.update(preset=str(12 if self.preset is None else self.preset), **{"svtav1-params": "lp=1"})
-        elif self.encoder == "libx265":
-            opts.update(preset=str(self.preset or "ultrafast"), **{"x265-params": "log-level=error:bframes=0"})
         return opts
 
 

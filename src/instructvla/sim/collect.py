@@ -47,7 +47,7 @@ class CollectConfig:
     fps:                 dataset frame rate; must equal the simulator's control rate (None = use it).
     seed:                base seed; episode i uses seed (seed, i).
     noise:               fraction of the expert's free-space moves perturbed (the clean action is recorded).
-    codec:               video codec: "h264" (fast, default), "av1" (LeRobot's default), "hevc".
+    codec:               video codec: "h264" (fast, default), "av1" (LeRobot's default).
     multimodal_samples:  scenes rendered for the multimodal corpus (0 = none).
     heldout_fraction:    share of multimodal scenes in the "heldout" split (held-out question wording too).
     annotate:            write meta/vla_it.jsonl.
