@@ -116,11 +116,15 @@ def main(argv: list[str]) -> int:
 
     cfg = draccus.parse(config_class=TrainConfig, args=argv)
     info = D.init_distributed(cfg.device)
-    try:
+
+    def build_and_train() -> dict:  # the model lives only inside this frame: freed before the group is destroyed
         nan_at = os.environ.get("TOY_NAN_INDEX")
         parts = toy_parts(n=int(os.environ.get("TOY_N", "64")), mm=cfg.stage == 2,
                           nan_index=int(nan_at) if nan_at else None)
-        summary = run_training(cfg, parts, info)
+        return run_training(cfg, parts, info)
+
+    try:
+        summary = build_and_train()
         summary["world_size"] = info.world_size
         if info.is_main:
             print("SUMMARY " + json.dumps(summary), flush=True)

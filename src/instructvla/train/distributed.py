@@ -7,6 +7,7 @@ of the model sharded at the root. All rank logic of the trainer lives here.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -89,9 +90,16 @@ def quiet_other_ranks(info: DistInfo) -> None:
 
 
 def cleanup() -> None:
-    """Destroy the process group if one is up."""
+    """Destroy the process group if one is up.
+
+    Call it after the model and optimizer are unreachable: FSDP2 modules keep references to the process group (via
+    their device mesh), and a gloo group that is only freed at interpreter exit can abort the process (its worker
+    threads are torn down during C++ static destruction). The garbage collection here frees such cycles first.
+    """
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 def barrier(info: DistInfo) -> None:

@@ -386,9 +386,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     info = D.init_distributed(cfg.device)
     D.quiet_other_ranks(info)
+
+    def build_and_run() -> dict[str, Any]:  # the model lives only in this frame: freed before the group is destroyed
+        return run_training(cfg, build_parts(cfg, info), info)
+
     try:
-        parts = build_parts(cfg, info)
-        summary = run_training(cfg, parts, info)
+        summary = build_and_run()
         if info.is_main:
             logger.info("done: %s", summary)
         return summary
