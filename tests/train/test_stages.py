@@ -98,8 +98,10 @@ def test_stage1_output_loads_and_keeps_frozen_weights(stage1_dir, data):
 
 
 def test_stage2_end_to_end_freezes_action_expert(stage1_dir, data, tmp_path):
-    cfg = _cfg(tmp_path, stage=2, dataset=data["robot"], multimodal=data["mm"], init=str(stage1_dir))
+    cfg = _cfg(tmp_path, stage=2, dataset=data["robot"], multimodal=data["mm"], init=str(stage1_dir),
+               noise_repeats=2)
     parts = build_parts(cfg, ONE)
+    assert parts.model.action_expert.cfg.noise_repeats == 2  # a training knob: this run's value
     expert_before = {k: v.clone() for k, v in parts.model.action_expert.state_dict().items()}
     run_training(cfg, parts, ONE)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

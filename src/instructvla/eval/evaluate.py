@@ -61,6 +61,7 @@ class EvalConfig:
     max_steps:     per-episode step limit (default: each task's own).
     camera_size:   env camera resolution (default: the policy's image size).
     center_crop_area: test-time center crop (fraction of the area kept) before resizing; 1.0 = none.
+    noise_scale:   multiplies the flow-matching starting noise (1.0 = the method, 0.0 = deterministic chunks).
     device:        torch device of the policy.
     out:           output directory: results.json, report.html, videos/.
     videos:        rollout videos per task (first episodes), at most `max_videos` in all; frame stride `video_stride`.
@@ -87,6 +88,7 @@ class EvalConfig:
     max_steps: int | None = None
     camera_size: int | None = None
     center_crop_area: float = 1.0
+    noise_scale: float = 1.0
     device: str = "cpu"
     out: str = "outputs/eval"
     videos: int = 1
@@ -122,6 +124,8 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.camera_size must be >= 16 or None, got {self.camera_size}")
         if not 0.0 < self.center_crop_area <= 1.0:
             raise ValueError(f"EvalConfig.center_crop_area must be in (0, 1], got {self.center_crop_area}")
+        if not np.isfinite(self.noise_scale) or self.noise_scale < 0:
+            raise ValueError(f"EvalConfig.noise_scale must be a finite number >= 0, got {self.noise_scale}")
         if self.videos < 0 or self.max_videos < 0:
             raise ValueError(f"EvalConfig.videos / max_videos must be >= 0, got {self.videos} / {self.max_videos}")
         if self.vqa_limit is not None and self.vqa_limit < 1:
@@ -258,12 +262,13 @@ def evaluate_policy(cfg: EvalConfig, policy: Any = None, progress: bool = True) 
     if VQA_SUITE in names and not cfg.vqa_data:
         raise ValueError("EvalConfig.vqa_data: the 'vqa' suite needs a dataset directory with a multimodal/ corpus")
     rcfg = cfg.rollout_config()
-    base = PolicyConfig(center_crop_area=cfg.center_crop_area, device=cfg.device)
+    base = PolicyConfig(center_crop_area=cfg.center_crop_area, noise_scale=cfg.noise_scale, device=cfg.device)
     pcfg = make_policy_config(rcfg, base)
     if policy is None:
         policy = Policy.from_pretrained(cfg.policy, pcfg)
     else:
-        policy.config = make_policy_config(rcfg, dataclasses.replace(policy.config, center_crop_area=cfg.center_crop_area))
+        policy.config = make_policy_config(rcfg, dataclasses.replace(policy.config, center_crop_area=cfg.center_crop_area,
+                                                                        noise_scale=cfg.noise_scale))
     meta = policy.metadata()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

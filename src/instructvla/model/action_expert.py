@@ -53,6 +53,9 @@ class ActionExpertConfig:
     center_crop_ratio: 1.0 = none. 0.875 reproduces the reference's DINO transform (resize 256, center-crop 224).
     loss_ignore_padding: False (method: loss over every entry, padding included); True averages the loss over
         non-padded steps only when `action_is_pad` is given.
+    noise_repeats: flow-matching (noise, time) draws per training example (1 = the method). With K > 1 the prefix
+        (vision, latents, state) is encoded once and shared by the K noisy chunks, which lowers the variance of the
+        flow-matching gradient for a small extra cost (only the action tokens run K times); needs attention="hard".
     """
 
     latent_dim: int
@@ -87,6 +90,7 @@ class ActionExpertConfig:
     vision_dropout: float = 0.0
     vision_drop_path_rate: float = 0.0
     loss_ignore_padding: bool = False
+    noise_repeats: int = 1
     head_widths: list[int] = field(
         default_factory=list
     )  # empty = scale method.md's 12288->3072->1536->384 ratios
@@ -109,6 +113,7 @@ class ActionExpertConfig:
             "vision_patch_size",
             "vision_mlp_ratio",
             "num_inference_steps",
+            "noise_repeats",
         )
         for name in positive:
             value = getattr(self, name)
@@ -148,6 +153,11 @@ class ActionExpertConfig:
                 raise ValueError(
                     f"ActionExpertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
+        if self.noise_repeats > 1 and self.attention != "hard":
+            raise ValueError(
+                f"ActionExpertConfig.noise_repeats={self.noise_repeats} shares the encoded prefix between the noisy "
+                f"chunks, which needs attention='hard' (got {self.attention!r})"
+            )
         for name in ("attention_dropout", "vision_dropout", "vision_drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ActionExpertConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -558,14 +568,26 @@ class ActionExpert(nn.Module):
             raise ValueError(
                 f"action_is_pad must have shape ({b}, {self.cfg.chunk_size}), got {tuple(action_is_pad.shape)}"
             )
+        k = self.cfg.noise_repeats
         x1 = actions.to(self._dtype)
+        if k > 1:  # K noisy copies of every chunk, tiled along the batch: [all B] x K
+            x1 = x1.repeat(k, 1, 1)
         x0 = randn(tuple(x1.shape), generator=generator, device=x1.device, dtype=x1.dtype)
-        t = sample_time(b, generator=generator, device=x1.device, dtype=x1.dtype)
+        t = sample_time(b * k, generator=generator, device=x1.device, dtype=x1.dtype)
         xt = interpolate(x0, x1, t, self.cfg.sigma_min)
         target = target_velocity(x0, x1, self.cfg.sigma_min)
-        err = (self(latents, images, state, xt, t).float() - target.float()).pow(2)
+        if k > 1:
+            prefix = self.encode_prefix(latents, images, state)  # with gradients; the hard mask makes it exact
+            assert prefix.keys is not None and prefix.values is not None
+            shared = PrefixCache(prefix.embeds.repeat(k, 1, 1), [x.repeat(k, 1, 1, 1) for x in prefix.keys],
+                                 [x.repeat(k, 1, 1, 1) for x in prefix.values], prefix.n_visual, prefix.n_latent,
+                                 prefix.n_state)
+            velocity = self._velocity(shared, xt, t)
+        else:
+            velocity = self(latents, images, state, xt, t)
+        err = (velocity.float() - target.float()).pow(2)
         if self.cfg.loss_ignore_padding and action_is_pad is not None:
-            keep = (~action_is_pad.bool()).to(err.dtype)[..., None].expand_as(err)
+            keep = (~action_is_pad.bool()).repeat(k, 1).to(err.dtype)[..., None].expand_as(err)
             return (err * keep).sum() / keep.sum().clamp_min(1.0)
         return err.mean()
 
@@ -579,10 +601,13 @@ class ActionExpert(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         noise: torch.Tensor | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
         """Sample a normalised action chunk (B, H, A) by Euler integration of the velocity from t = 0 to 1.
 
-        Any batch size. Starting noise is `noise` if given, else drawn with `generator`. use_cache=True encodes the
+        Any batch size. Starting noise is `noise` if given, else drawn with `generator`; either way it is multiplied
+        by `noise_scale` (1.0 = the method; 0.0 = the deterministic flow from x0 = 0, close to the conditional mean,
+        which is the steadier choice for a briefly trained policy whose samples are still too spread out). use_cache=True encodes the
         prefix once and runs only the action tokens per step (exact for the hard mask). With attention="soft_bias"
         the prefix depends on the actions, so only the vision features and prefix embeddings are cached and the
         transformer is recomputed each step. use_cache=False recomputes everything (vision included) every step.
@@ -591,11 +616,15 @@ class ActionExpert(nn.Module):
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
         b = latents.shape[0]
         shape = (b, self.cfg.chunk_size, self.cfg.action_dim)
+        if not math.isfinite(noise_scale) or noise_scale < 0:
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
         if noise is None:
             noise = randn(shape, generator=generator, device=latents.device, dtype=self._dtype)
         else:
             self._check_actions("noise", noise, b)
             noise = noise.to(self._dtype)
+        if noise_scale != 1.0:
+            noise = noise * noise_scale
         if use_cache:
             prefix = self.encode_prefix(latents, images, state)
             return euler_integrate(lambda x, t: self._velocity(prefix, x, t), noise, steps)

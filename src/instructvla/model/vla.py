@@ -382,12 +382,14 @@ class InstructVLA(nn.Module):
         generator: torch.Generator | None = None,
         num_steps: int | None = None,
         use_cache: bool = True,
+        noise_scale: float = 1.0,
     ) -> tuple[np.ndarray, str | list[str] | None]:
         """Normalised action chunk and the reply text (thinking mode) for one or a batch of observations.
 
         images: uint8 (V, H, W, 3) or (B, V, H, W, 3); instruction: str or B strs; state: (8,) / (B, 8) normalised.
         think: first generate a reply greedily (<= max_think_tokens, stops at the first query token) to the
         "... First answer my question." prompt, then one forward with reply + queries.
+        noise_scale: multiplies the flow's starting noise (1.0 = the method, 0.0 = deterministic; see ActionExpert.sample).
         Returns (chunk (H, 7) or (B, H, 7) float32, reply str / list[str] / None).
         """
         imgs, single = self._as_batch(images)
@@ -411,7 +413,8 @@ class InstructVLA(nn.Module):
             noise = torch.randn((b, ae.chunk_size, ae.action_dim), generator=generator, device=generator.device)
             noise = noise.to(dev)
         chunk = self.action_expert.sample(
-            lat, batch["dino_images"].to(dev), st, num_steps=num_steps, use_cache=use_cache, noise=noise
+            lat, batch["dino_images"].to(dev), st, num_steps=num_steps, use_cache=use_cache, noise=noise,
+            noise_scale=noise_scale,
         )
         out = chunk.float().cpu().numpy()
         if single:

@@ -57,6 +57,7 @@ class TrainConfig:
     image_size: int = 224  # side of the frames fed to the model (stage 0/1; stage 2 takes the stage-1 model's)
     num_queries: int = 64  # latent action query tokens (stage 0/1; stage 2 takes the stage-1 model's)
     augment: bool = True  # image augmentation on robot frames
+    noise_repeats: int = 1  # flow-matching (noise, time) draws per robot sample sharing one encoded prefix (1 = method)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # robot-prompt ratios (stage 2; motion share: 1, 2)
     no_moe: bool = False  # ablation: one LoRA trained on everything (no expert split, no scale head)
     log_every: int = 10  # metrics line every N iterations
@@ -83,6 +84,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.noise_repeats < 1:
+            raise ValueError(f"noise_repeats must be >= 1, got {self.noise_repeats}")
         for name in ("mm_every", "save_every", "keep_last", "num_workers", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

@@ -86,7 +86,8 @@ def _is_instructvla_dir(path: Path) -> bool:
 
 
 def _action_overrides(cfg: TrainConfig, num_views: int) -> dict[str, Any]:
-    return {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views}
+    return {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
+            "noise_repeats": cfg.noise_repeats}
 
 
 def build_model(cfg: TrainConfig, num_views: int = 1):
@@ -123,6 +124,7 @@ def build_model(cfg: TrainConfig, num_views: int = 1):
             raise ValueError(f"init: stage 2 starts from a stage-1 model, {cfg.init} is stage {src.config.stage}")
         model = src if cfg.no_moe else InstructVLA.to_stage2(src)
         check_model_matches(model, cfg, num_views)
+        model.action_expert.cfg.noise_repeats = cfg.noise_repeats  # a training knob: this run's value
     configure_trainable(model, cfg.stage, cfg.no_moe)
     return model
 
