@@ -76,16 +76,10 @@ class TrainConfig:
             raise ValueError("multimodal: stage 2 co-trains on multimodal data; give --multimodal or --mm_every=0")
         if self.stage == 2 and not self.init:
             raise ValueError("init: stage 2 starts from a stage-1 model folder, give --init=<stage-1 run>/model")
-        for name in ("steps", "batch_size", "mm_batch_size", "log_every"):
+        for name in ("steps", "batch_size", "mm_batch_size", "log_every", "image_size", "num_queries", "noise_repeats"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("image_size", "num_queries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.noise_repeats < 1:
-            raise ValueError(f"noise_repeats must be >= 1, got {self.noise_repeats}")
         for name in ("mm_every", "save_every", "keep_last", "num_workers", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

@@ -10,6 +10,7 @@ Stage 2 (Generalist): both LoRA experts + scale head + query rows; action expert
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -124,7 +125,8 @@ def build_model(cfg: TrainConfig, num_views: int = 1):
             raise ValueError(f"init: stage 2 starts from a stage-1 model, {cfg.init} is stage {src.config.stage}")
         model = src if cfg.no_moe else InstructVLA.to_stage2(src)
         check_model_matches(model, cfg, num_views)
-        model.action_expert.cfg.noise_repeats = cfg.noise_repeats  # a training knob: this run's value
+        # a training knob, this run's value; replace() re-validates it against the model (e.g. its attention kind)
+        model.action_expert.cfg = dataclasses.replace(model.action_expert.cfg, noise_repeats=cfg.noise_repeats)
     configure_trainable(model, cfg.stage, cfg.no_moe)
     return model
 
