@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 
 
-def _frames(reader: Any, count: int) -> list[tuple[int, int]]:
-    """(episode, 0) for up to `count` evenly spaced episodes: first frames, where the arm is at its start pose in
-    every episode, so swapping images between them changes the scene (which objects, where) and not the phase."""
+def _episodes(reader: Any, count: int) -> list[int]:
+    """Up to `count` evenly spaced episodes; their first frames are used: the arm is at its start pose in every
+    episode, so swapping images between them changes the scene (which objects, where) and not the phase."""
     n_ep = reader.num_episodes
-    episodes = np.unique(np.linspace(0, n_ep - 1, min(count, n_ep)).round().astype(int))
-    return [(int(ep), 0) for ep in episodes]
+    return [int(e) for e in np.unique(np.linspace(0, n_ep - 1, min(count, n_ep)).round().astype(int))]
 
 
 def _displacement(actions: np.ndarray, steps: int) -> np.ndarray:
@@ -38,66 +37,56 @@ def _displacement(actions: np.ndarray, steps: int) -> np.ndarray:
 def measure(policy_dir: str, dataset: str, frames: int = 48, steps: int = 4,
             center_crop_area: float = 0.9) -> dict[str, Any]:
     """Swap-test figures of one policy on one dataset (see the module docstring)."""
-    from instructvla.data.dataset import ACTION_KEY, STATE_KEY
+    from instructvla.data.dataset import ACTION_KEY, STATE_KEY, primary_first
     from instructvla.data.lerobot import LeRobotDatasetReader
+    from instructvla.eval.rollout import _policy_obs
     from instructvla.policy import Policy, PolicyConfig
 
     policy = Policy.from_pretrained(policy_dir, PolicyConfig(noise_scale=0.0, center_crop_area=center_crop_area))
     spec = policy.request_spec
     reader = LeRobotDatasetReader(dataset)
-    cams = sorted(reader.camera_keys, key=lambda k: (not k.endswith("primary"), reader.camera_keys.index(k)))
+    cams = primary_first(reader.camera_keys)
+    if getattr(spec, "wrist_camera", False) and len(cams) < 2:
+        raise ValueError(f"{dataset}: the policy takes a wrist camera, the dataset has only {cams}")
+    if getattr(spec, "state_dim", None) is not None and STATE_KEY not in reader.features:
+        raise ValueError(f"{dataset}: the policy takes a state, the dataset has no {STATE_KEY!r}")
+    episodes = _episodes(reader, frames)
+    if len(episodes) < 2:
+        raise ValueError(f"{dataset}: need at least 2 episodes for swap tests, found {reader.num_episodes}")
     actions = reader.column(ACTION_KEY)
     states = reader.column(STATE_KEY) if STATE_KEY in reader.features else None
-    picks = _frames(reader, frames)
-    if len(picks) < 2:
-        raise ValueError(f"{dataset}: need at least 2 episodes for swap tests, found {reader.num_episodes}")
+    starts = [reader.episode_slice(ep).start for ep in episodes]
+    # each first frame's camera images, decoded once and reused by every swap (keys as rollouts' env observations)
+    views = [{key: reader.image(ep, 0, cam) for key, cam in zip(("image", "wrist_image"), cams)} for ep in episodes]
 
-    def images(ep: int, fi: int) -> dict[str, np.ndarray]:
-        out = {"observation/image": reader.image(ep, fi, cams[0])}
-        if getattr(spec, "wrist_camera", False):
-            if len(cams) < 2:
-                raise ValueError(f"{dataset}: the policy takes a wrist camera, the dataset has only {cams}")
-            out["observation/wrist_image"] = reader.image(ep, fi, cams[1])
-        return out
-
-    def act(ep_img: int, fi_img: int, prompt: str, row: int) -> np.ndarray:
-        obs: dict[str, Any] = {**images(ep_img, fi_img), "prompt": prompt}
-        if getattr(spec, "state_dim", None) is not None:
-            if states is None:
-                raise ValueError(f"{dataset}: the policy takes a state, the dataset has no {STATE_KEY!r}")
-            obs["observation/state"] = np.asarray(states[row], dtype=np.float32)
+    def act(i_views: int, prompt: str, i_state: int) -> np.ndarray:
+        obs = {**views[i_views], "state": None if states is None else states[starts[i_state]]}
         policy.reset()
-        return _displacement(policy.infer(obs)["actions"], steps)
+        return _displacement(policy.infer(_policy_obs(obs, prompt, spec, False))["actions"], steps)
 
-    rows = [reader.episode_slice(ep).start + fi for ep, fi in picks]
-    demos = []
-    for (ep, _), row in zip(picks, rows, strict=True):
-        end = reader.episode_slice(ep).stop
-        demos.append(_displacement(actions[row:min(row + steps, end)], steps))
-    demos_arr = np.stack(demos)
+    demos = np.stack([_displacement(actions[row:reader.episode_slice(ep).stop], steps)
+                      for ep, row in zip(episodes, starts, strict=True)])
     own, image_swap, instr_swap = [], [], []
-    for i, ((ep, fi), row) in enumerate(zip(picks, rows, strict=True)):
-        j = (i + 1) % len(picks)
-        ep_j, fi_j = picks[j]
-        prompt, prompt_j = reader.episode_task(ep), reader.episode_task(ep_j)
-        own.append(act(ep, fi, prompt, row))
-        image_swap.append(act(ep_j, fi_j, prompt, row))
-        instr_swap.append(act(ep, fi, prompt_j, row))
+    for i, ep in enumerate(episodes):
+        j = (i + 1) % len(episodes)
+        prompt, prompt_j = reader.episode_task(ep), reader.episode_task(episodes[j])
+        own.append(act(i, prompt, i))
+        image_swap.append(act(j, prompt, i))  # the other scene's cameras, this frame's state
+        instr_swap.append(act(i, prompt_j, i))
     own_arr, img_arr, ins_arr = np.stack(own), np.stack(image_swap), np.stack(instr_swap)
-    partner = np.roll(demos_arr, -1, axis=0)
 
     def mean_norm(x: np.ndarray) -> float:
         return float(np.linalg.norm(x, axis=-1).mean())
 
-    demo_change = mean_norm(demos_arr - partner)
+    demo_change = mean_norm(demos - np.roll(demos, -1, axis=0))
     return {
-        "policy": policy_dir, "dataset": dataset, "frames": len(picks), "steps": steps,
+        "policy": policy_dir, "dataset": dataset, "frames": len(episodes), "steps": steps,
         "demo_change_m": demo_change,
         "image_swap_change_m": mean_norm(own_arr - img_arr),
         "instruction_swap_change_m": mean_norm(own_arr - ins_arr),
         "image_share": mean_norm(own_arr - img_arr) / max(demo_change, 1e-9),
-        "fit_error_m": mean_norm(own_arr - demos_arr),
-        "mean_action_error_m": mean_norm(demos_arr - demos_arr.mean(axis=0)),
+        "fit_error_m": mean_norm(own_arr - demos),
+        "mean_action_error_m": mean_norm(demos - demos.mean(axis=0)),
     }
 
 

@@ -82,7 +82,7 @@ class RobotDataset(Dataset):
         self.augment_cfg = augment_cfg or AugmentConfig(size=image_size)
         self.image_size = self.augment_cfg.size
         if cameras is None:
-            cameras = sorted(r.camera_keys, key=lambda k: (not k.endswith("primary"), r.camera_keys.index(k)))
+            cameras = primary_first(r.camera_keys)
         unknown = [c for c in cameras if c not in r.camera_keys]
         if unknown or not cameras:
             raise ValueError(f"cameras {list(cameras)}: unknown {unknown} (dataset has {r.camera_keys})")
@@ -176,6 +176,12 @@ class ResumableSampler(Sampler[int]):
         if "seed" in state and state["seed"] != self.seed:
             raise ValueError(f"sampler seed {self.seed} differs from the saved state's {state['seed']}")
         self.consumed = int(state["consumed"])
+
+
+def primary_first(camera_keys: Sequence[str]) -> list[str]:
+    """The dataset's camera keys with the primary (third-person) view first, the others in their stored order."""
+    keys = list(camera_keys)
+    return sorted(keys, key=lambda k: (not k.endswith("primary"), keys.index(k)))
 
 
 def collate_samples(batch: list[Sample]) -> list[Sample]:
