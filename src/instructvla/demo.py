@@ -57,6 +57,7 @@ class DemoPreset:
     vqa_max_new_tokens: int
     no_moe_baseline: bool
     think_eval: bool
+    keypoints: bool = True  # collect keypoint labels and train the action expert's keypoint readout on them
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -123,6 +124,7 @@ class DemoConfig:
     vqa_limit: int | None = None
     no_moe_baseline: bool | None = None
     think_eval: bool | None = None
+    keypoints: bool | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -194,6 +196,7 @@ def _collect(cfg: DemoConfig, p: DemoPreset, folder: Path) -> dict:
     result = collect(CollectConfig(
         out=str(folder), suite=p.collect_suite, episodes=p.episodes, workers=cfg.workers,
         camera_size=p.camera_size, seed=cfg.seed, multimodal_samples=p.multimodal_samples, overwrite=True,
+        keypoints=p.keypoints,
     ))
     return {k: getattr(result, k) for k in ("episodes_kept", "failures", "errors", "frames", "multimodal_records")}
 
@@ -208,7 +211,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         init=None if init is None else str(init), preset=p.model_preset, out=str(folder), steps=steps,
         batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, lr=p.lr, device=_device(cfg),
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
-        image_size=p.image_size, num_queries=p.num_queries,
+        image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

@@ -33,6 +33,8 @@ class Sample(TypedDict, total=False):
     actions:       (chunk, 7) float32, normalised (q01/q99), present iff has_action.
     action_is_pad: (chunk,) bool, True past the episode end.
     state:         (8,) float32 normalised proprio, optional.
+    keypoints:     (K, 2) float32 image positions in [-1, 1] (u right, v down) of the instructed object, its
+                   destination and the gripper in the primary view, optional (datasets with observation.keypoints).
     prompt_type:   "action" | "motion" | "caption_qa" | "context" | "rewrite" | "vqa" | "caption" ... (for logging).
     """
 
@@ -42,6 +44,7 @@ class Sample(TypedDict, total=False):
     actions: np.ndarray
     action_is_pad: np.ndarray
     state: np.ndarray
+    keypoints: np.ndarray
     prompt_type: str
 
 

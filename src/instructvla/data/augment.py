@@ -93,11 +93,25 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _crop(x: torch.Tensor, top: float, left: float, height: float, width: float) -> torch.Tensor:
-    H, W = x.shape[-2:]
+def _crop_box(H: int, W: int, top: float, left: float, height: float, width: float) -> tuple[int, int, int, int]:
+    """Pixel box (y0, x0, ch, cw) of a fractional crop of an H x W image."""
     ch, cw = max(1, round(height * H)), max(1, round(width * W))
-    y0, x0 = min(round(top * H), H - ch), min(round(left * W), W - cw)
+    return min(round(top * H), H - ch), min(round(left * W), W - cw), ch, cw
+
+
+def _crop(x: torch.Tensor, top: float, left: float, height: float, width: float) -> torch.Tensor:
+    y0, x0, ch, cw = _crop_box(*x.shape[-2:], top, left, height, width)
     return x[..., y0:y0 + ch, x0:x0 + cw]
+
+
+def crop_keypoints(uv: np.ndarray, p: AugmentParams, height: int, width: int) -> np.ndarray:
+    """Image positions (..., 2) in [-1, 1] of an H x W frame -> the same points in the crop `apply_params` takes
+    (resizing keeps normalised coordinates; colour jitter does not move anything)."""
+    y0, x0, ch, cw = _crop_box(height, width, p.top, p.left, p.height, p.width)
+    uv = np.asarray(uv, dtype=np.float32)
+    u = ((uv[..., 0] + 1.0) * (width / 2.0) - x0) / cw * 2.0 - 1.0
+    v = ((uv[..., 1] + 1.0) * (height / 2.0) - y0) / ch * 2.0 - 1.0
+    return np.stack([u, v], axis=-1).astype(np.float32)
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from instructvla.data.augment import AugmentConfig, apply_params, resize_images, sample_params
+from instructvla.data.augment import AugmentConfig, apply_params, crop_keypoints, resize_images, sample_params
 from instructvla.data.chunks import action_chunk, padding_value
 from instructvla.data.lerobot import LeRobotDatasetReader
 from instructvla.data.mixture import MixtureConfig, sample_conversation
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 ACTION_KEY = "action"
 STATE_KEY = "observation.state"
 MOTION_KEY = "language_motion"
+KEYPOINT_KEY = "observation.keypoints"
 
 __all__ = ["RobotDataset", "MultimodalDataset", "ResumableSampler", "collate_samples", "dataset_norm_stats"]
 
@@ -60,13 +61,15 @@ class RobotDataset(Dataset):
     stats:       normalisation stats ({"action": {q01, q99, mask}, "state": ...}); computed from the data if None.
     cameras:     feature keys of the views, primary first (default: every camera, `*primary*` first).
     episodes:    restrict to these episode indices (e.g. a train split).
+    keypoints:   attach the dataset's `observation.keypoints` labels ((K, 2) primary-view positions, moved with the
+                 augmentation crop) when it has them (for an action expert with a keypoint readout).
     """
 
     def __init__(self, root: str | os.PathLike, stage: int = 1, chunk_size: int = 16, use_state: bool = False,
                  augment: bool = True, stats: Mapping[str, Any] | None = None, seed: int = 0,
                  cameras: Sequence[str] | None = None, image_size: int = 224, mixture: MixtureConfig | None = None,
                  augment_cfg: AugmentConfig | None = None, episodes: Sequence[int] | None = None,
-                 cache_bytes: int = 2 << 30):
+                 cache_bytes: int = 2 << 30, keypoints: bool = True):
         if stage not in (0, 1, 2):
             raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
         if chunk_size < 1:
@@ -94,12 +97,24 @@ class RobotDataset(Dataset):
         self._pad = padding_value(self.stats, "action")
         self._states = normalize(r.column(STATE_KEY), self.stats, "state") if use_state else None
         self._motion = r.column(MOTION_KEY) if MOTION_KEY in r.features else None
+        self._keypoints = None
+        if keypoints and KEYPOINT_KEY in r.features and self.cameras[0].endswith("primary"):
+            kp = np.asarray(r.column(KEYPOINT_KEY), dtype=np.float32)
+            if kp.ndim != 2 or kp.shape[1] % 2 or not np.isfinite(kp).all():
+                raise ValueError(f"{root}: {KEYPOINT_KEY} must be finite (N, 2K) values, got shape {kp.shape}"
+                                 + ("" if np.isfinite(kp).all() else " with NaN/Inf entries"))
+            self._keypoints = kp.reshape(len(kp), -1, 2)
         self._frames = _frames_of(r, episodes)
         if stage == 2 and not r.annotations:
             logger.warning("%s: stage 2 without meta/vla_it.jsonl: every sample falls back to plain action", root)
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    @property
+    def num_keypoints(self) -> int:
+        """Keypoint labels per frame that samples carry (0 = none)."""
+        return 0 if self._keypoints is None else self._keypoints.shape[1]
 
     def __getitem__(self, k: int) -> Sample:
         k = int(k)
@@ -114,9 +129,12 @@ class RobotDataset(Dataset):
         sl = r.episode_slice(ep)
         actions, is_pad = action_chunk(self._actions[sl], fi, self.chunk_size, self._pad)
         views = [r.image(ep, fi, cam) for cam in self.cameras]
+        keypoints = None if self._keypoints is None else self._keypoints[row]
         if self.augment:
             params = sample_params(rng, self.augment_cfg)
             images = np.concatenate([apply_params(v[None], params, self.image_size) for v in views])
+            if keypoints is not None:  # labels are primary-view positions: move them with the crop
+                keypoints = crop_keypoints(keypoints, params, *views[0].shape[:2])
         else:
             images = np.concatenate([resize_images(v[None], self.image_size) for v in views])
         primitive = str(self._motion[row]) if self._motion is not None else None
@@ -127,6 +145,8 @@ class RobotDataset(Dataset):
                         action_is_pad=is_pad, prompt_type=ptype)
         if self._states is not None:
             sample["state"] = self._states[row]
+        if keypoints is not None:
+            sample["keypoints"] = keypoints
         return sample
 
 

@@ -53,6 +53,8 @@ DEFAULT_FEATURES: dict[str, dict] = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
+KEYPOINTS_KEY = "observation.keypoints"  # optional per-frame 2-D keypoints in the primary camera (sim/env.py)
+KEYPOINT_NAMES = ("target_u", "target_v", "destination_u", "destination_v", "gripper_u", "gripper_v")
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 REQUIRED_INFO_KEYS = ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path")
 REQUIRED_STATS = ("min", "max", "mean", "std", "count")
@@ -340,8 +342,10 @@ def robot_features(
     state_names: Sequence[str] = ("x", "y", "z", "qx", "qy", "qz", "qw", "gripper"),
     action_names: Sequence[str] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
     language_motion: bool = True,
+    keypoints: bool = False,
 ) -> dict[str, dict]:
-    """Feature dict for a robot dataset: `observation.images.<cam>` videos, state, action, optional motion text."""
+    """Feature dict for a robot dataset: `observation.images.<cam>` videos, state, action, optional motion text and
+    optional `observation.keypoints` (6 floats: target, destination and gripper (u, v) in the primary camera)."""
     feats: dict[str, dict] = {}
     for cam, (h, w) in cameras.items():
         feats[f"observation.images.{cam}"] = {"dtype": "video", "shape": [h, w, 3],
@@ -350,6 +354,8 @@ def robot_features(
     feats["action"] = {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)}
     if language_motion:
         feats["language_motion"] = {"dtype": "string", "shape": [1], "names": None}
+    if keypoints:
+        feats[KEYPOINTS_KEY] = {"dtype": "float32", "shape": [len(KEYPOINT_NAMES)], "names": list(KEYPOINT_NAMES)}
     return feats
 
 

@@ -34,6 +34,7 @@ from instructvla.model.flow import (
     sinusoidal_time_embedding,
     target_velocity,
 )
+from instructvla.model.keypoints import KeypointReadout
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class ActionExpertConfig:
     noise_repeats: flow-matching (noise, time) draws per training example (1 = the method). With K > 1 the prefix
         (vision, latents, state) is encoded once and shared by the K noisy chunks, which lowers the variance of the
         flow-matching gradient for a small extra cost (only the action tokens run K times); needs attention="hard".
+    keypoints: 0 (the method) or K > 0: a language-conditioned keypoint readout of the primary view (model/keypoints.py)
+        adds K prefix tokens holding where the instructed things are; trained end to end and, when the batch carries
+        `keypoints` labels ((B, K, 2) in [-1, 1]), by an L1 loss weighted `keypoint_loss_weight`.
     """
 
     latent_dim: int
@@ -91,6 +95,8 @@ class ActionExpertConfig:
     vision_drop_path_rate: float = 0.0
     loss_ignore_padding: bool = False
     noise_repeats: int = 1
+    keypoints: int = 0
+    keypoint_loss_weight: float = 1.0
     head_widths: list[int] = field(
         default_factory=list
     )  # empty = scale method.md's 12288->3072->1536->384 ratios
@@ -153,6 +159,12 @@ class ActionExpertConfig:
                 raise ValueError(
                     f"ActionExpertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
+        if isinstance(self.keypoints, bool) or not isinstance(self.keypoints, int) or self.keypoints < 0:
+            raise ValueError(f"ActionExpertConfig.keypoints must be an int >= 0, got {self.keypoints!r}")
+        if not math.isfinite(self.keypoint_loss_weight) or self.keypoint_loss_weight < 0:
+            raise ValueError(
+                f"ActionExpertConfig.keypoint_loss_weight must be a finite number >= 0, got {self.keypoint_loss_weight}"
+            )
         if self.noise_repeats > 1 and self.attention != "hard":
             raise ValueError(
                 f"ActionExpertConfig.noise_repeats={self.noise_repeats} shares the encoded prefix between the noisy "
@@ -181,8 +193,8 @@ class ActionExpertConfig:
 
     @property
     def num_visual_tokens(self) -> int:
-        """Visual tokens over all views."""
-        return self.num_patches * self.num_views
+        """Visual tokens over all views (plus the keypoint tokens, which sit in the visual block)."""
+        return self.num_patches * self.num_views + self.keypoints
 
     @property
     def vision_blocks_used(self) -> int:
@@ -268,6 +280,7 @@ class PrefixCache:
     n_visual: int
     n_latent: int
     n_state: int
+    keypoints: torch.Tensor | None = None  # (B, K, 2) predicted keypoints when the expert has a keypoint readout
     # Per-prefix constants of the inference fast path (RoPE tables, K/V buffers), built on the first no-grad
     # `velocity` call.
     step: tuple[CachedStepPlan, _StepInputWeights] | None = field(default=None, repr=False, compare=False)
@@ -312,6 +325,8 @@ class ActionExpert(nn.Module):
         d = cfg.hidden_size
         self.vision = FiLMDinoV2(cfg)
         self.vision_proj = _mlp2(cfg.vision_hidden_size, d)
+        self.keypoint_readout = (KeypointReadout(cfg.keypoints, cfg.vision_hidden_size, cfg.latent_dim, d)
+                                 if cfg.keypoints else None)
         self.latent_proj = _mlp2(cfg.latent_dim, d)
         self.state_proj = _mlp2(cfg.state_dim, d) if cfg.use_state else None
         self.action_in = nn.Linear(cfg.action_dim, d)
@@ -387,27 +402,41 @@ class ActionExpert(nn.Module):
 
     def encode_vision(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """FiLM-DINOv2 patch features of every view: (B, V * num_patches, vision_hidden), views ordered per config."""
+        return self._order_views(self._view_features(latents, images))
+
+    def _view_features(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, V, num_patches, vision_hidden) FiLM-DINOv2 features, conditioned on the mean latent."""
         b, v = images.shape[:2]
         cond = latents.mean(dim=1).to(self._dtype)  # c-bar: mean over the N raw latent tokens
         cond = cond.repeat_interleave(v, dim=0)
         feats = self.vision(images.reshape(b * v, *images.shape[2:]).to(self._dtype), cond)
         n, dv = feats.shape[1:]
-        feats = feats.view(b, v, n, dv)
+        return feats.view(b, v, n, dv)
+
+    def _order_views(self, feats: torch.Tensor) -> torch.Tensor:
+        b, v, n, dv = feats.shape
         if self.cfg.view_token_order == "interleave":
             return feats.transpose(1, 2).reshape(b, n * v, dv)
         return feats.reshape(b, v * n, dv)
 
     def _embed_prefix(
         self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
-    ) -> tuple[torch.Tensor, int, int, int]:
+    ) -> tuple[torch.Tensor, int, int, int, torch.Tensor | None]:
+        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes and the keypoints."""
         self._check_prefix_inputs(latents, images, state)
-        vis = self.vision_proj(self.encode_vision(latents, images))
+        feats = self._view_features(latents, images)
+        vis = [self.vision_proj(self._order_views(feats))]
+        uv = None
+        if self.keypoint_readout is not None:  # keypoints of the primary (first) view, queried by c-bar
+            uv, kp_tokens = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype))
+            vis.append(kp_tokens)
+        vis_t = torch.cat(vis, dim=1)
         lat = self.latent_proj(latents.to(self._dtype))
-        parts = [vis, lat]
+        parts = [vis_t, lat]
         if self.state_proj is not None:
             parts.append(self.state_proj(state.to(self._dtype))[:, None])
         n_state = 1 if self.state_proj is not None else 0
-        return torch.cat(parts, dim=1), vis.shape[1], lat.shape[1], n_state
+        return torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state, uv
 
     def embed_actions(self, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B, H, A) noisy actions and (B,) times -> (B, H, d) action tokens."""
@@ -438,12 +467,12 @@ class ActionExpert(nn.Module):
         latents: (B, N, latent_dim) raw VLM latent-query states; images: (B, V, 3, S, S) from `preprocess_images`;
         state: (B, state_dim) when use_state.
         """
-        embeds, nv, nl, ns = self._embed_prefix(latents, images, state)
+        embeds, nv, nl, ns, uv = self._embed_prefix(latents, images, state)
         if self.cfg.attention != "hard":
-            return PrefixCache(embeds, None, None, nv, nl, ns)
+            return PrefixCache(embeds, None, None, nv, nl, ns, keypoints=uv)
         mask = self._mask(nv, nl, ns, 0, embeds)
         _, keys, values = self.transformer(embeds, mask=mask)
-        return PrefixCache(embeds, keys, values, nv, nl, ns)
+        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv)
 
     def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
@@ -539,14 +568,24 @@ class ActionExpert(nn.Module):
         t: torch.Tensor,
     ) -> torch.Tensor:
         """Full recompute (training path): velocity (B, H, A) for noisy actions (B, H, A) at times t (B,)."""
-        embeds, nv, nl, ns = self._embed_prefix(latents, images, state)
+        return self._forward(latents, images, state, noisy_actions, t)[0]
+
+    def _forward(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor,
+        state: torch.Tensor | None,
+        noisy_actions: torch.Tensor,
+        t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        embeds, nv, nl, ns, uv = self._embed_prefix(latents, images, state)
         b = embeds.shape[0]
         self._check_actions("noisy_actions", noisy_actions, b)
         self._check_time(t, b)
         act = self.embed_actions(noisy_actions, t)
         seq = torch.cat([embeds, act], dim=1)
         hidden, _, _ = self.transformer(seq, mask=self._mask(nv, nl, ns, act.shape[1], seq))
-        return self._head(hidden)
+        return self._head(hidden), uv
 
     def loss(
         self,
@@ -562,11 +601,32 @@ class ActionExpert(nn.Module):
         actions: (B, H, A) normalised chunk (x1). action_is_pad (B, H) is validated; it only changes the loss when
         config loss_ignore_padding=True (the method averages over every entry, padding included).
         """
+        return self.loss_terms(latents, images, state, actions, generator, action_is_pad)["fm"]
+
+    def loss_terms(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor,
+        state: torch.Tensor | None,
+        actions: torch.Tensor,
+        generator: torch.Generator | None = None,
+        action_is_pad: torch.Tensor | None = None,
+        keypoints: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """{"fm": flow-matching loss (see `loss`)} plus, when `keypoints` labels (B, K, 2) are given and the expert
+        has a keypoint readout, {"keypoint": mean L1 error of the predicted keypoints}. Non-finite label entries
+        (a point the labeller could not place) are left out of the mean."""
         b = actions.shape[0] if actions.ndim >= 1 else 0
         self._check_actions("actions", actions, b)
         if action_is_pad is not None and tuple(action_is_pad.shape) != (b, self.cfg.chunk_size):
             raise ValueError(
                 f"action_is_pad must have shape ({b}, {self.cfg.chunk_size}), got {tuple(action_is_pad.shape)}"
+            )
+        if keypoints is not None and tuple(keypoints.shape) != (b, self.cfg.keypoints, 2):
+            raise ValueError(
+                f"keypoints labels must have shape (B, K, 2) = ({b}, {self.cfg.keypoints}, 2), "
+                f"got {tuple(keypoints.shape)}"
+                + (" (this expert has no keypoint readout: build it with keypoints=K)" if not self.cfg.keypoints else "")
             )
         k = self.cfg.noise_repeats
         x1 = actions.to(self._dtype)
@@ -582,14 +642,21 @@ class ActionExpert(nn.Module):
             shared = PrefixCache(prefix.embeds.repeat(k, 1, 1), [x.repeat(k, 1, 1, 1) for x in prefix.keys],
                                  [x.repeat(k, 1, 1, 1) for x in prefix.values], prefix.n_visual, prefix.n_latent,
                                  prefix.n_state)
-            velocity = self._velocity(shared, xt, t)
+            velocity, uv = self._velocity(shared, xt, t), prefix.keypoints
         else:
-            velocity = self(latents, images, state, xt, t)
+            velocity, uv = self._forward(latents, images, state, xt, t)
         err = (velocity.float() - target.float()).pow(2)
         if self.cfg.loss_ignore_padding and action_is_pad is not None:
             keep = (~action_is_pad.bool()).repeat(k, 1).to(err.dtype)[..., None].expand_as(err)
-            return (err * keep).sum() / keep.sum().clamp_min(1.0)
-        return err.mean()
+            out = {"fm": (err * keep).sum() / keep.sum().clamp_min(1.0)}
+        else:
+            out = {"fm": err.mean()}
+        if keypoints is not None and uv is not None:
+            labels = keypoints.to(uv.device).float()
+            valid = torch.isfinite(labels)
+            diff = (uv.float() - torch.nan_to_num(labels)).abs() * valid
+            out["keypoint"] = diff.sum() / valid.sum().clamp_min(1)
+        return out
 
     @torch.no_grad()
     def sample(
@@ -672,6 +739,7 @@ class ActionExpert(nn.Module):
             "vision": n(self.vision.dino),
             "film": n(self.vision.film_gamma) + n(self.vision.film_beta),
             "projectors": n(self.vision_proj)
+            + n(self.keypoint_readout)
             + n(self.latent_proj)
             + n(self.state_proj)
             + n(self.action_in)

@@ -226,6 +226,13 @@ class VLAProcessor:
             if pad_t.shape != (s.chunk_size,):
                 raise ValueError(f"action_is_pad must have shape ({s.chunk_size},), got {tuple(pad_t.shape)}")
             out["actions"], out["action_is_pad"] = act, pad_t
+            if sample.get("keypoints") is not None:
+                kp = torch.as_tensor(np.asarray(sample["keypoints"], dtype=np.float32))
+                if kp.ndim != 2 or kp.shape[-1] != 2:
+                    raise ValueError(f"keypoints must have shape (K, 2), got {tuple(kp.shape)}")
+                if not torch.isfinite(kp).all():
+                    raise ValueError("keypoints contain NaN or Inf")
+                out["keypoints"] = kp
         return out
 
     def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -277,6 +284,17 @@ class VLAProcessor:
                 if "actions" in it:
                     actions[i], pad[i] = it["actions"], it["action_is_pad"]
             batch["actions"], batch["action_is_pad"] = actions, pad
+        labelled = [i for i, it in enumerate(items) if "keypoints" in it]
+        if labelled:
+            missing = [i for i in rows if "keypoints" not in items[i]]
+            shapes = {tuple(items[i]["keypoints"].shape) for i in labelled}
+            if missing or len(shapes) > 1:
+                raise ValueError("keypoint labels must come with every action sample of a batch, all of one shape; "
+                                 f"missing at rows {missing}, shapes {sorted(shapes)}")
+            kps = torch.zeros((b, *shapes.pop()))
+            for i in labelled:
+                kps[i] = items[i]["keypoints"]
+            batch["keypoints"] = kps
         return batch
 
     def __call__(self, samples: Sequence[dict], inference: bool = False) -> dict[str, torch.Tensor]:

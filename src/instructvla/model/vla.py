@@ -242,7 +242,8 @@ class InstructVLA(nn.Module):
         return torch.gather(hidden, 1, qpos[..., None].expand(-1, -1, hidden.shape[-1]))
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """FM + LM loss (weights 1:1) for action rows, LM alone for the others. Returns loss, fm_loss, lm_loss."""
+        """FM + LM loss (weights 1:1) for action rows, LM alone for the others. Returns loss, fm_loss, lm_loss, and
+        kp_loss when the action expert has a keypoint readout and the batch carries `keypoints` labels."""
         for key in ("input_ids", "attention_mask", "labels", "pixel_values", "has_action"):
             if key not in batch:
                 raise KeyError(f"batch is missing {key!r} (build batches with model.processor)")
@@ -265,14 +266,23 @@ class InstructVLA(nn.Module):
                 raise KeyError("batch has action rows but no 'dino_images'/'actions' (build it with model.processor)")
             lat = self._latents(hidden[rows], input_ids[rows], batch["query_positions"].to(dev)[rows])
             state = batch["state"].to(dev)[rows] if self.action_expert.cfg.use_state else None
-            fm_loss = self.action_expert.loss(
+            ae = self.action_expert
+            kp = batch.get("keypoints") if ae.cfg.keypoints else None
+            terms = ae.loss_terms(
                 lat, batch["dino_images"].to(dev)[rows], state, batch["actions"].to(dev)[rows], generator=generator,
                 action_is_pad=batch["action_is_pad"].to(dev)[rows] if "action_is_pad" in batch else None,
+                # labels are over the whole frame; the expert sees its centre crop, where positions scale by 1/ratio
+                keypoints=None if kp is None else kp.to(dev)[rows] / ae.cfg.center_crop_ratio,
             )
+            fm_loss, kp_loss = terms["fm"], terms.get("keypoint")
         else:
-            fm_loss = torch.zeros((), device=dev)
+            fm_loss, kp_loss = torch.zeros((), device=dev), None
         loss = self.config.fm_weight * fm_loss + self.config.lm_weight * lm_loss
-        return {"loss": loss, "fm_loss": fm_loss, "lm_loss": lm_loss}
+        out = {"loss": loss, "fm_loss": fm_loss, "lm_loss": lm_loss}
+        if kp_loss is not None:
+            out["loss"] = loss + self.action_expert.cfg.keypoint_loss_weight * kp_loss
+            out["kp_loss"] = kp_loss
+        return out
 
     # ---- inference -----------------------------------------------------------------------------------------------
     def _as_batch(self, images: Any) -> tuple[torch.Tensor, bool]:

@@ -3,7 +3,9 @@
 Output directory:
     LeRobot v3.0 dataset (see data/lerobot.py) with features observation.images.{primary,wrist} (video),
     observation.state (8), action (7, the expert's clean action), language_motion (string: the per-frame move
-    primitive from the state trajectory, data/motion.py); the task string is the episode's instruction.
+    primitive from the state trajectory, data/motion.py), observation.keypoints (6, with `keypoints`: target,
+    destination and gripper (u, v) in the primary camera, TabletopEnv.keypoints); the task string is the episode's
+    instruction.
     meta/vla_it.jsonl   one VLA-IT record per episode at frame 0 (caption, QA, command rewriting, context creation)
                         from the first frame's scene graph.
     multimodal/         rendered scenes + caption/VQA records (split "train" or "heldout"; data/multimodal.py).
@@ -51,6 +53,8 @@ class CollectConfig:
     multimodal_samples:  scenes rendered for the multimodal corpus (0 = none).
     heldout_fraction:    share of multimodal scenes in the "heldout" split (held-out question wording too).
     annotate:            write meta/vla_it.jsonl.
+    keypoints:           record observation.keypoints (6 floats per frame: target, destination and gripper image
+                         points (u, v) in the primary camera, u/v in [-1, 1] over the image, v down, not clipped).
     overwrite:           replace an existing output directory.
     """
 
@@ -68,6 +72,7 @@ class CollectConfig:
     multimodal_samples: int = 100
     heldout_fraction: float = 0.2
     annotate: bool = True
+    keypoints: bool = True
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -183,7 +188,7 @@ def _run_episode(job: dict) -> dict:
         expert.reset(seed=seed)
         graph = env.unwrapped.scene_graph()
         images: dict[str, list[np.ndarray]] = {c: [] for c in job["cameras"]}
-        states, actions = [], []
+        states, actions, keypoints = [], [], []
         success = False
         while True:
             action, clean = expert.act_pair(obs)
@@ -191,6 +196,8 @@ def _run_episode(job: dict) -> dict:
                 images[c].append(obs[_CAMERA_KEYS[c]])
             states.append(np.asarray(obs["state"], np.float32))
             actions.append(np.asarray(clean, np.float32))
+            if job["keypoints"]:
+                keypoints.append(env.unwrapped.keypoints())
             obs, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 success = bool(info["success"])
@@ -199,7 +206,7 @@ def _run_episode(job: dict) -> dict:
                                "length": len(actions)}
         if not success:
             return out
-        from instructvla.data.lerobot import VideoConfig, encode_episode_video
+        from instructvla.data.lerobot import KEYPOINTS_KEY, VideoConfig, encode_episode_video
         from instructvla.data.motion import motion_primitives
 
         # encode here, in parallel: the parent only stream-copies the mp4s (no re-encoding, little to transfer)
@@ -209,6 +216,8 @@ def _run_episode(job: dict) -> dict:
             np.stack(v), Path(job["tmp"]) / f"{job['attempt']:06d}-{c}.mp4", job["fps"], video)
             for c, v in images.items()}
         out["frames"] |= {"observation.state": st, "action": np.stack(actions), "language_motion": motion_primitives(st)}
+        if job["keypoints"]:
+            out["frames"][KEYPOINTS_KEY] = np.stack(keypoints)
         if job["annotate"]:
             from instructvla.sim.annotate import annotate_episode
 
@@ -257,12 +266,13 @@ def collect(cfg: CollectConfig) -> CollectResult:
     tmp = out / ".collect-tmp"  # per-episode videos encoded by the workers, removed once appended
     jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": tasks[i % len(tasks)], "seed": cfg.seed,
                          "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams, "fps": fps,
-                         "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate} for i in range(cfg.episodes)]
+                         "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate, "keypoints": cfg.keypoints}
+                        for i in range(cfg.episodes)]
     n_held = round(cfg.multimodal_samples * cfg.heldout_fraction)
     jobs += [{"kind": "scene", "index": j, "task": tasks[j % len(tasks)], "seed": cfg.seed,
               "camera_size": cfg.camera_size, "split": "heldout" if j < n_held else "train"}
              for j in range(cfg.multimodal_samples)]
-    features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams})
+    features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams}, keypoints=cfg.keypoints)
     kept = failures = errors = frames = n_records = 0
     first_error = ""
     annotations: list[dict] = []

@@ -16,7 +16,9 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
+from instructvla.sim import objects as O
 from instructvla.sim import tasks as T
+from instructvla.sim.camera import project_points
 from instructvla.sim.catalog import CATALOG
 from instructvla.sim.scene import CONTROL_HZ, Scene
 from instructvla.sim.scene_graph import ObjectState, SceneGraph
@@ -26,6 +28,7 @@ logger = logging.getLogger(__name__)
 MAX_DELTA_POS = 0.02  # metres per control step (0.2 m/s at 10 Hz)
 MAX_DELTA_ROT = 0.1  # radians per control step
 CAMERAS = ("primary", "wrist")
+KEYPOINT_CAMERA = "primary"
 InstructionFn = Callable[[SceneGraph, np.random.Generator], str]
 
 _FALLBACK_TEMPLATES = {
@@ -207,6 +210,54 @@ class TabletopEnv(gym.Env):
             for d in s.drawer_qpos:
                 out[f"drawer:{d}"] = np.array([s.drawer_opening(d)])
         return out
+
+    def _drawer_point(self, drawer: str, inside: bool = False) -> np.ndarray:
+        """A drawer's handle (or, without one, its front centre); with `inside`, the centre of its inner box."""
+        s = self.scene
+        b = s.drawer_body[drawer]
+        pos, mat = s.data.xpos[b], s.data.xmat[b].reshape(3, 3)
+        if inside:
+            geo = O.drawer_geometry(O.DRAWER_NAMES.index(drawer))
+            return pos + mat @ np.array([geo.inner_center_x, 0.0, geo.floor_z + geo.inner_half[2]])
+        try:
+            return s.handle_pos(drawer)
+        except KeyError:
+            return pos.copy()
+
+    def _thing_point(self, name: str) -> np.ndarray:
+        """World centre of a catalogue object or of the plate/bowl's main geom."""
+        s = self.scene
+        if name in s.obj_body:
+            return s.object_pos(name)
+        return s.data.geom_xpos[s.model.geom(f"fix/{name}").id].copy()
+
+    def task_points(self) -> np.ndarray:
+        """(3, 3) world xyz of the task's target, destination and the gripper's TCP (see `keypoints`)."""
+        if self.task is None:
+            raise RuntimeError("TabletopEnv.task_points called before reset()")
+        fam, args = self.spec_task.family, self.task.args
+        if fam in ("open_drawer", "close_drawer") or "target" not in args:
+            target = self._drawer_point(args["drawer"])
+        else:
+            target = self._thing_point(args["target"])
+        if "destination" in args:
+            dest = self._thing_point(args["destination"])
+        elif fam == "drawer_then_place":
+            dest = self._drawer_point(args["drawer"], inside=True)
+        else:
+            dest = target
+        return np.stack([target, dest, self.scene.tcp_pose()[0]])
+
+    def keypoints(self) -> np.ndarray:
+        """(6,) float32 [target_u, target_v, destination_u, destination_v, gripper_u, gripper_v] in the primary camera.
+
+        Normalised image coordinates (camera.py): u -1 left .. +1 right, v -1 top .. +1 bottom, not clipped. The
+        target is the manipulated object's centre (the drawer's handle for open/close_drawer); the destination is
+        the plate/bowl/reference object's centre (the drawer's inner box for drawer_then_place, else the target
+        again); the gripper is the TCP that the IK controller steers (state[:3]). Live simulator state.
+        """
+        uv = project_points(self.scene.model, self.scene.data, KEYPOINT_CAMERA, self.task_points())
+        return uv.reshape(6).astype(np.float32)
 
     def _info(self, success: bool) -> dict:
         return {

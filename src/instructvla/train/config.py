@@ -58,6 +58,7 @@ class TrainConfig:
     num_queries: int = 64  # latent action query tokens (stage 0/1; stage 2 takes the stage-1 model's)
     augment: bool = True  # image augmentation on robot frames
     noise_repeats: int = 1  # flow-matching (noise, time) draws per robot sample sharing one encoded prefix (1 = method)
+    keypoints: bool = False  # train with the dataset's observation.keypoints labels (stage 1 adds a keypoint readout)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # robot-prompt ratios (stage 2; motion share: 1, 2)
     no_moe: bool = False  # ablation: one LoRA trained on everything (no expert split, no scale head)
     log_every: int = 10  # metrics line every N iterations

@@ -86,24 +86,25 @@ def _is_instructvla_dir(path: Path) -> bool:
     return cfg.is_file() and "_format_version" in json.loads(cfg.read_text())
 
 
-def _action_overrides(cfg: TrainConfig, num_views: int) -> dict[str, Any]:
+def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int) -> dict[str, Any]:
     return {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
-            "noise_repeats": cfg.noise_repeats}
+            "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints}
 
 
-def build_model(cfg: TrainConfig, num_views: int = 1):
+def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0):
     """The model a stage starts from (CPU, float32), with its trainable set configured.
 
     stage 0: preset (or `init` VLM/InstructVLA folder) with the whole VLM trainable.
     stage 1: the VLM of `init` (an HF VLM folder or a stage-0 InstructVLA folder; preset if None) + a fresh action
              LoRA and action expert.
     stage 2: `to_stage2(init)` (a stage-1 folder); with no_moe the stage-1 model itself.
+    num_keypoints: stage 1: K > 0 gives the fresh action expert a keypoint readout (labels from the dataset).
     """
     from instructvla.model.backbone import Backbone
     from instructvla.model.config import InstructVLAConfig
     from instructvla.model.vla import _EXPERT_FOR_PRESET, InstructVLA
 
-    overrides = _action_overrides(cfg, num_views)
+    overrides = _action_overrides(cfg, num_views, num_keypoints)
     if cfg.stage in (0, 1):
         backbone, name = None, cfg.preset
         if cfg.init:
@@ -142,11 +143,15 @@ def check_model_matches(model, cfg: TrainConfig, num_views: int) -> None:
 
 # ------------------------------------------------------------------------------------------ data
 def build_robot_dataset(cfg: TrainConfig, image_size: int, stats: dict | None):
-    from instructvla.data.dataset import RobotDataset
+    from instructvla.data.dataset import KEYPOINT_KEY, RobotDataset
 
-    return RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
-                        augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
-                        mixture=cfg.mixture)
+    robot = RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
+                         augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
+                         mixture=cfg.mixture, keypoints=cfg.keypoints)
+    if cfg.keypoints and robot.num_keypoints == 0:
+        raise ValueError(f"keypoints: {cfg.dataset} has no {KEYPOINT_KEY!r} labels for its primary camera "
+                         "(collect with keypoints=true, or train with --keypoints=false)")
+    return robot
 
 
 def build_multimodal_dataset(cfg: TrainConfig, image_size: int):
@@ -167,6 +172,9 @@ def check_dataset_matches(model, robot) -> None:
     if sample["images"].shape[0] != ae.num_views:
         raise ValueError(f"dataset samples have {sample['images'].shape[0]} camera views, the model expects "
                          f"{ae.num_views}")
+    if robot.num_keypoints and robot.num_keypoints != ae.keypoints:
+        raise ValueError(f"dataset has {robot.num_keypoints} keypoint labels per frame, the model's action expert "
+                         f"reads {ae.keypoints} keypoints")
 
 
 # ------------------------------------------------------------------------------------------ FSDP2 helpers
@@ -213,10 +221,10 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
                 raise ValueError(f"init: {cfg.init} has no {NORM_FILE}; stage 2 reuses the stage-1 normalisation")
             stats = json.loads(norm.read_text())  # mismatched dims raise inside the dataset
         robot = build_robot_dataset(cfg, image_size, stats)
-        num_views = len(robot.cameras)
+        num_views, num_keypoints = len(robot.cameras), robot.num_keypoints
     else:
-        num_views = 1
-    model = build_model(cfg, num_views)
+        num_views, num_keypoints = 1, 0
+    model = build_model(cfg, num_views, num_keypoints)
     if model.config.image_size != image_size:
         raise ValueError(f"model image_size {model.config.image_size} != data image_size {image_size}")
     mm = build_multimodal_dataset(cfg, image_size) if cfg.multimodal and (cfg.stage == 0 or cfg.mm_every) else None
@@ -236,7 +244,7 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
         m.save_pretrained(folder)
 
     def replica() -> nn.Module:
-        rep = build_model(cfg, num_views)
+        rep = build_model(cfg, num_views, num_keypoints)
         rep.norm_stats = model.norm_stats
         return rep
 

@@ -1,0 +1,76 @@
+"""Language-conditioned keypoint readout of the action expert's primary-view features (an optional training aid).
+
+For each of K keypoints (e.g. the instructed object, its destination, the gripper) a query vector computed from the
+mean VLM latent scores every patch of the primary view; a softmax over the patch grid gives a heat map whose expected
+patch centre is the keypoint's (u, v) in [-1, 1] (u right, v down, over the image the expert sees). Each keypoint
+becomes one prefix token (its coordinates as Fourier features + the heat-map-pooled patch feature), so the action
+tokens read "where is the thing the instruction names" as numbers instead of having to find it by attention.
+
+With labels (a dataset's `observation.keypoints`, projected from the simulator) an L1 loss on the coordinates teaches
+the vision tower, the FiLM layers and the VLM latents to localise what the instruction names, which the flow-matching
+loss alone teaches too slowly for short CPU schedules. Without labels the readout still trains end to end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["KeypointReadout", "patch_grid_centres"]
+
+
+def patch_grid_centres(grid: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(grid*grid, 2) patch-centre (u, v) in [-1, 1], row-major (the order ViT patch tokens come in)."""
+    c = (torch.arange(grid, device=device, dtype=dtype) + 0.5) * (2.0 / grid) - 1.0
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([u.reshape(-1), v.reshape(-1)], dim=-1)
+
+
+class KeypointReadout(nn.Module):
+    """Spatial-softmax keypoints of a patch grid, queried by a conditioning vector.
+
+    num_keypoints: K; feature_dim: patch feature width; cond_dim: conditioning width (the VLM latent);
+    hidden_size: width of the output tokens; key_dim: width of the query/key space; fourier: frequencies per
+    coordinate in the token's position encoding.
+    """
+
+    def __init__(self, num_keypoints: int, feature_dim: int, cond_dim: int, hidden_size: int, key_dim: int = 32,
+                 fourier: int = 4) -> None:
+        super().__init__()
+        if num_keypoints < 1:
+            raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+        self.num_keypoints, self.key_dim, self.fourier = num_keypoints, key_dim, fourier
+        self.key = nn.Linear(feature_dim, key_dim)
+        self.query = nn.Sequential(nn.Linear(cond_dim, key_dim * num_keypoints), nn.SiLU(),
+                                   nn.Linear(key_dim * num_keypoints, key_dim * num_keypoints))
+        pos_dim = 2 + 4 * fourier
+        self.token = nn.Sequential(nn.Linear(pos_dim + feature_dim, hidden_size), nn.SiLU(),
+                                   nn.Linear(hidden_size, hidden_size))
+        self.kind = nn.Parameter(torch.zeros(num_keypoints, hidden_size))  # which keypoint a token is
+        nn.init.normal_(self.kind, std=0.02)
+
+    def heatmap_logits(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """features (B, P, F), cond (B, C) -> (B, K, P) unnormalised scores."""
+        b = features.shape[0]
+        keys = self.key(features)  # (B, P, Dk)
+        queries = self.query(cond).view(b, self.num_keypoints, self.key_dim)
+        return torch.einsum("bkd,bpd->bkp", queries, keys) / math.sqrt(self.key_dim)
+
+    def forward(self, features: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, P, F) of a square patch grid, cond (B, C) -> (uv (B, K, 2), tokens (B, K, hidden))."""
+        b, p, _ = features.shape
+        grid = math.isqrt(p)
+        if grid * grid != p:
+            raise ValueError(f"keypoint readout needs a square patch grid, got {p} patches")
+        attn = self.heatmap_logits(features, cond).float().softmax(dim=-1).to(features.dtype)  # (B, K, P)
+        centres = patch_grid_centres(grid, features.device, features.dtype)
+        uv = attn @ centres  # (B, K, 2)
+        pooled = attn @ features  # (B, K, F)
+        return uv, self.token(torch.cat([self._encode(uv), pooled], dim=-1)) + self.kind
+
+    def _encode(self, uv: torch.Tensor) -> torch.Tensor:
+        freqs = (2.0 ** torch.arange(self.fourier, device=uv.device, dtype=uv.dtype)) * math.pi
+        args = uv[..., None] * freqs  # (B, K, 2, f)
+        return torch.cat([uv, torch.sin(args).flatten(-2), torch.cos(args).flatten(-2)], dim=-1)

@@ -1,0 +1,104 @@
+"""Tests for the keypoint readout: grid geometry, conditioning, the action expert's keypoint tokens and loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from instructvla.data.augment import AugmentParams, apply_params, crop_keypoints
+from instructvla.model.action_expert import ActionExpert, ActionExpertConfig
+from instructvla.model.keypoints import KeypointReadout, patch_grid_centres
+
+
+def test_patch_grid_centres_are_row_major_pixel_centres() -> None:
+    c = patch_grid_centres(4)
+    assert c.shape == (16, 2)
+    assert torch.allclose(c[0], torch.tensor([-0.75, -0.75]))  # top-left patch
+    assert torch.allclose(c[3], torch.tensor([0.75, -0.75]))  # top-right: u grows along a row
+    assert torch.allclose(c[4], torch.tensor([-0.75, -0.25]))  # next row: v grows downwards
+
+
+def test_readout_finds_a_conditioned_feature_after_training() -> None:
+    """Two kinds of blobs on an 8x8 grid; the condition says which to locate. The readout must learn it."""
+    torch.manual_seed(0)
+    readout = KeypointReadout(1, feature_dim=4, cond_dim=2, hidden_size=8)
+    opt = torch.optim.Adam(readout.parameters(), lr=3e-2)
+    centres = patch_grid_centres(8)
+
+    def batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = torch.zeros(n, 64, 4)
+        pa, pb = torch.randint(0, 64, (n,), generator=gen), torch.randint(0, 64, (n,), generator=gen)
+        idx = torch.arange(n)
+        feats[idx, pa, 0] = 1.0
+        feats[idx, pb, 1] = 1.0
+        which = torch.randint(0, 2, (n,), generator=gen)
+        cond = torch.nn.functional.one_hot(which, 2).float()
+        target = torch.where(which[:, None].bool(), centres[pb], centres[pa])
+        return feats, cond, target
+
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        feats, cond, target = batch(32, gen)
+        uv, _ = readout(feats, cond)
+        loss = (uv[:, 0] - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    feats, cond, target = batch(64, torch.Generator().manual_seed(2))
+    uv, tokens = readout(feats, cond)
+    assert tokens.shape == (64, 1, 8)
+    assert (uv[:, 0] - target).abs().mean() < 0.1  # patches are 0.25 apart
+
+
+def _expert(**kw: object) -> ActionExpert:
+    torch.manual_seed(0)
+    base = dict(image_size=32, vision_num_layers=2, hidden_size=64, intermediate_size=128, num_layers=2,
+                chunk_size=8, num_views=2)
+    return ActionExpert(ActionExpertConfig.preset("tiny", 16, **{**base, **kw}))
+
+
+def test_expert_keypoint_tokens_loss_and_cache() -> None:
+    m = _expert(keypoints=3, noise_repeats=2)
+    assert m.cfg.num_visual_tokens == 2 * 16 + 3
+    g = torch.Generator().manual_seed(0)
+    lat, img = torch.randn(2, 4, 16, generator=g), torch.randn(2, 2, 3, 32, 32, generator=g)
+    act, kp = torch.randn(2, 8, 7, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    terms = m.loss_terms(lat, img, None, act, keypoints=kp)
+    assert set(terms) == {"fm", "keypoint"} and terms["keypoint"] > 0
+    (terms["fm"] + terms["keypoint"]).backward()
+    assert m.keypoint_readout.query[0].weight.grad.abs().sum() > 0
+    assert "keypoint" not in m.loss_terms(lat, img, None, act)  # no labels, no keypoint term
+    with pytest.raises(ValueError, match="keypoints labels must have shape"):
+        m.loss_terms(lat, img, None, act, keypoints=kp[:, :2])
+    m.eval()
+    noise = torch.randn(2, 8, 7, generator=g)
+    cached = m.sample(lat, img, noise=noise, use_cache=True)
+    full = m.sample(lat, img, noise=noise, use_cache=False)
+    assert torch.allclose(cached, full, atol=1e-5)
+    assert m.encode_prefix(lat, img).keypoints.shape == (2, 3, 2)
+
+
+def test_expert_without_keypoints_is_unchanged_and_rejects_labels() -> None:
+    m = _expert()
+    assert m.keypoint_readout is None and m.cfg.num_visual_tokens == 32
+    lat, img, act = torch.randn(2, 4, 16), torch.randn(2, 2, 3, 32, 32), torch.randn(2, 8, 7)
+    with pytest.raises(ValueError, match="no keypoint readout"):
+        m.loss_terms(lat, img, None, act, keypoints=torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match="keypoints must be an int"):
+        ActionExpertConfig.preset("tiny", 16, keypoints=-1)
+
+
+def test_crop_keypoints_follows_the_image_crop() -> None:
+    """A bright pixel's position, relabelled by crop_keypoints, lands on the same pixel of the augmented crop."""
+    img = np.zeros((1, 40, 40, 3), np.uint8)
+    row, col = 27, 9
+    img[0, row, col] = 255
+    uv = np.array([[2 * (col + 0.5) / 40 - 1, 2 * (row + 0.5) / 40 - 1]], np.float32)
+    p = AugmentParams(top=0.05, left=0.03, height=0.9, width=0.9, brightness=0.0, contrast=1.0, saturation=1.0,
+                      hue=0.0)
+    out = apply_params(img, p, 36)[0, ..., 0]  # the crop is 36 px: no resampling
+    new = crop_keypoints(uv, p, 40, 40)[0]
+    r, c = np.unravel_index(out.argmax(), out.shape)
+    assert (c + 0.5) / 36 * 2 - 1 == pytest.approx(new[0], abs=1e-5)
+    assert (r + 0.5) / 36 * 2 - 1 == pytest.approx(new[1], abs=1e-5)
