@@ -5,7 +5,8 @@ deterministic chunks (noise scale 0) three times: as recorded, with the camera i
 (image swap: other objects, other places) and with another episode's instruction (instruction swap). A policy that
 localises objects moves its chunk under an image swap about as much as the two demonstrations differ; one that
 ignores its cameras barely moves. Translation figures are in metres, summed over the chunk's first `--steps` actions
-(the part a rollout executes before re-planning), averaged over the frames.
+(the part a rollout executes before re-planning), averaged over the frames. For a policy with a keypoint readout it
+also scores the keypoints it replies against the dataset's `observation.keypoints` labels (same first frames).
 
     python benchmarks/visual_reliance.py --policy runs/demo/stage1/model --dataset runs/demo/data
 
@@ -59,10 +60,15 @@ def measure(policy_dir: str, dataset: str, frames: int = 48, steps: int = 4,
     # each first frame's camera images, decoded once and reused by every swap (keys as rollouts' env observations)
     views = [{key: reader.image(ep, 0, cam) for key, cam in zip(("image", "wrist_image"), cams)} for ep in episodes]
 
-    def act(i_views: int, prompt: str, i_state: int) -> np.ndarray:
+    located: dict[tuple[int, int], np.ndarray] = {}  # (views, prompt) -> the policy's keypoints, when it has them
+
+    def act(i_views: int, prompt: str, i_state: int, i_prompt: int) -> np.ndarray:
         obs = {**views[i_views], "state": None if states is None else states[starts[i_state]]}
         policy.reset()
-        return _displacement(policy.infer(_policy_obs(obs, prompt, spec, False))["actions"], steps)
+        reply = policy.infer(_policy_obs(obs, prompt, spec, False))
+        if "keypoints" in reply:
+            located[(i_views, i_prompt)] = np.asarray(reply["keypoints"], dtype=np.float64)
+        return _displacement(reply["actions"], steps)
 
     demos = np.stack([_displacement(actions[row:reader.episode_slice(ep).stop], steps)
                       for ep, row in zip(episodes, starts, strict=True)])
@@ -70,15 +76,16 @@ def measure(policy_dir: str, dataset: str, frames: int = 48, steps: int = 4,
     for i, ep in enumerate(episodes):
         j = (i + 1) % len(episodes)
         prompt, prompt_j = reader.episode_task(ep), reader.episode_task(episodes[j])
-        own.append(act(i, prompt, i))
-        image_swap.append(act(j, prompt, i))  # the other scene's cameras, this frame's state
-        instr_swap.append(act(i, prompt_j, i))
+        own.append(act(i, prompt, i, i))
+        image_swap.append(act(j, prompt, i, i))  # the other scene's cameras, this frame's state
+        instr_swap.append(act(i, prompt_j, i, j))
     own_arr, img_arr, ins_arr = np.stack(own), np.stack(image_swap), np.stack(instr_swap)
 
     def mean_norm(x: np.ndarray) -> float:
         return float(np.linalg.norm(x, axis=-1).mean())
 
     demo_change = mean_norm(demos - np.roll(demos, -1, axis=0))
+    keypoints = _keypoint_figures(reader, starts, located) if located else {}
     return {
         "policy": policy_dir, "dataset": dataset, "frames": len(episodes), "steps": steps,
         "demo_change_m": demo_change,
@@ -87,7 +94,27 @@ def measure(policy_dir: str, dataset: str, frames: int = 48, steps: int = 4,
         "image_share": mean_norm(own_arr - img_arr) / max(demo_change, 1e-9),
         "fit_error_m": mean_norm(own_arr - demos),
         "mean_action_error_m": mean_norm(demos - demos.mean(axis=0)),
+        **keypoints,
     }
+
+
+def _keypoint_figures(reader: Any, starts: list[int], located: dict[tuple[int, int], np.ndarray]) -> dict[str, Any]:
+    """For a policy with a keypoint readout: its keypoint error against the dataset's labels (when it has them), the
+    spread of those labels, and how far its keypoints move under the instruction swap; distances in image units
+    ([-1, 1] across the frame), one figure per keypoint."""
+    from instructvla.data.lerobot import KEYPOINTS_KEY
+
+    n = len(starts)
+    own = np.stack([located[(i, i)] for i in range(n)])
+    swapped = np.stack([located[(i, (i + 1) % n)] for i in range(n)])
+    out: dict[str, Any] = {"keypoint_instruction_swap_change": np.linalg.norm(own - swapped, axis=-1).mean(0).tolist()}
+    if KEYPOINTS_KEY in reader.features:
+        labels = np.asarray(reader.column(KEYPOINTS_KEY), dtype=np.float64)[starts].reshape(own.shape)
+        out["keypoint_error"] = np.linalg.norm(own - labels, axis=-1).mean(0).tolist()
+        out["keypoint_label_spread"] = np.linalg.norm(labels - labels.mean(0), axis=-1).mean(0).tolist()
+        names = reader.features[KEYPOINTS_KEY].get("names") or []
+        out["keypoint_names"] = [str(x).rsplit("_", 1)[0] for x in names[::2]][: own.shape[1]]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
           f"(first frames; translation of the first {res['steps']} actions)")
     for label, value, unit in rows:
         print(f"  {label:<48s} {value:8.4f} {unit}")
+    if "keypoint_instruction_swap_change" in res:
+        names = res.get("keypoint_names") or [f"keypoint {k}" for k in range(len(res["keypoint_instruction_swap_change"]))]
+        print("  keypoints (image units, [-1, 1] across the frame):")
+        print(f"    {'keypoint':<14s} {'error':>8s} {'label spread':>13s} {'instruction swap':>17s}")
+        for k, name in enumerate(names):
+            err = res.get("keypoint_error", [float("nan")] * len(names))[k]
+            spread = res.get("keypoint_label_spread", [float("nan")] * len(names))[k]
+            print(f"    {name:<14s} {err:8.4f} {spread:13.4f} {res['keypoint_instruction_swap_change'][k]:17.4f}")
     print(json.dumps(res))
     return 0
 

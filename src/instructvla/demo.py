@@ -58,17 +58,19 @@ class DemoPreset:
     no_moe_baseline: bool
     think_eval: bool
     keypoints: bool = True  # collect keypoint labels and train the action expert's keypoint readout on them
+    use_state: bool = False  # proprioceptive state token (the paper's "(S.)" models)
+    vision_tower: str = "dinov2"  # action-expert vision tower: "dinov2" (method) | "conv" (tiny CNN, CPU budgets)
 
 
 PRESETS: dict[str, DemoPreset] = {
     # <= 20 minutes on 2 CPU cores: pick / place-on / move-near, tiny model, short schedules.
     "quick": DemoPreset(
-        model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=150, multimodal_samples=150,
-        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=8.0, stage1_steps=100_000,
+        model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=300, multimodal_samples=150,
+        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=10.0, stage1_steps=100_000,
         stage2_minutes=2.0, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
         eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
-        no_moe_baseline=False, think_eval=False,
+        no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv",
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -125,6 +127,8 @@ class DemoConfig:
     no_moe_baseline: bool | None = None
     think_eval: bool | None = None
     keypoints: bool | None = None
+    use_state: bool | None = None
+    vision_tower: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -212,6 +216,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, lr=p.lr, device=_device(cfg),
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
+        use_state=p.use_state, vision_tower=p.vision_tower,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

@@ -10,7 +10,9 @@ act with a two-camera model, optional in chat mode), ``observation/state`` (8,) 
 state-using model), ``prompt``, optional ``options`` (see `serve.protocol.OPTION_DOC`).
 Reply: ``actions`` (chunk, 7) float32 unnormalised, ``text`` (the reply when thinking / the answer in chat mode,
 else ""), ``server_timing`` (milliseconds). With the ensemble on, ``actions[0]`` is the ensembled action to execute
-now and ``raw_actions`` holds the newest chunk as predicted.
+now and ``raw_actions`` holds the newest chunk as predicted. A model whose action expert has a keypoint readout also
+replies ``keypoints`` (K, 2) float32: where it locates the instructed object, its destination and the gripper in the
+primary camera frame, (u, v) in [-1, 1] with v down.
 """
 
 from __future__ import annotations
@@ -289,9 +291,11 @@ class Policy:
                 ep.reply_key, ep.reply_step = key, ep.step
                 ep.latents = None  # the latents depend on the reply
             reply = ep.reply
-        chunk = self._predict(images, request.prompt, state, reply, think)
+        chunk, keypoints = self._predict(images, request.prompt, state, reply, think)
         actions = np.asarray(norm.unnormalize(chunk, self.norm_stats, "action"), dtype=np.float32)
         out: dict[str, Any] = {"actions": actions, "text": reply or ""}
+        if keypoints is not None:
+            out["keypoints"] = keypoints
         if ep.ensemble is not None:
             out["raw_actions"] = actions.copy()
             actions[0] = ep.ensemble.add(actions)
@@ -300,8 +304,9 @@ class Policy:
 
     @torch.no_grad()
     def _predict(self, images: np.ndarray, prompt: str, state: np.ndarray | None, reply: str | None,
-                 think: bool) -> np.ndarray:
-        """One normalised chunk; the VLM latents are recomputed or reused per `latent_cache_every`."""
+                 think: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One normalised chunk, and the (K, 2) keypoints over the full camera frame when the action expert has a
+        keypoint readout (else None); the VLM latents are recomputed or reused per `latent_cache_every`."""
         ep, cfg, m = self._episode, self.config, self.model
         replies = [reply] if think else None
         key = (prompt, reply, think)
@@ -323,13 +328,18 @@ class Policy:
             batch = m.processor([sample], inference=True)
         dev = m.device
         st = batch["state"].to(dev) if self._info["use_state"] else None
-        chunk = m.action_expert.sample(latents, batch["dino_images"].to(dev), st, generator=ep.generator,
-                                       noise_scale=cfg.noise_scale)
+        ae = m.action_expert
+        chunk = ae.sample(latents, batch["dino_images"].to(dev), st, generator=ep.generator,
+                          noise_scale=cfg.noise_scale)
         chunk = _to_numpy(chunk)[0]
         expected = (self._info["chunk_size"], self._info["action_dim"])
         if chunk.shape != expected:
             raise RuntimeError(f"model returned an action chunk of shape {chunk.shape}, expected {expected}")
-        return chunk
+        keypoints = None
+        if ae.cfg.keypoints:  # back to full-frame coordinates: undo the expert's and this policy's centre crops
+            scale = ae.cfg.center_crop_ratio * math.sqrt(cfg.center_crop_area)
+            keypoints = (_to_numpy(ae.locate(latents, batch["dino_images"].to(dev)))[0] * scale).astype(np.float32)
+        return chunk, keypoints
 
     def _chat(self, images: np.ndarray, request: Request) -> dict:
         budget = request.options.max_new_tokens or self.config.chat_max_new_tokens

@@ -102,3 +102,24 @@ def test_crop_keypoints_follows_the_image_crop() -> None:
     r, c = np.unravel_index(out.argmax(), out.shape)
     assert (c + 0.5) / 36 * 2 - 1 == pytest.approx(new[0], abs=1e-5)
     assert (r + 0.5) / 36 * 2 - 1 == pytest.approx(new[1], abs=1e-5)
+
+
+def test_conv_tower_tokens_readout_and_errors() -> None:
+    m = _expert(vision_tower="conv", image_size=32, keypoints=2)  # 32 px / stride 8 -> 4x4 map, pooled 2x2
+    assert m.cfg.feature_grid == 4 and m.cfg.num_patches == 4 and m.cfg.num_visual_tokens == 2 * 4 + 2
+    g = torch.Generator().manual_seed(0)
+    lat, img = torch.randn(2, 3, 16, generator=g), torch.randn(2, 2, 3, 32, 32, generator=g)
+    assert m.encode_vision(lat, img).shape == (2, 8, 64)
+    terms = m.loss_terms(lat, img, None, torch.randn(2, 8, 7, generator=g), keypoints=torch.zeros(2, 2, 2))
+    (terms["fm"] + terms["keypoint"]).backward()
+    assert m.vision.convs[0].weight.grad.abs().sum() > 0 and m.vision.film_gamma[-1].weight.grad.abs().sum() > 0
+    m.eval()
+    noise = torch.randn(2, 8, 7, generator=g)
+    assert torch.allclose(m.sample(lat, img, noise=noise), m.sample(lat, img, noise=noise, use_cache=False), atol=1e-5)
+    assert m.unused_parameter_names() == []
+    with pytest.raises(ValueError, match="vision_tower"):
+        m.load_vision_weights("/nonexistent")
+    with pytest.raises(ValueError, match="last channel count"):
+        ActionExpertConfig.preset("tiny", 16, vision_tower="conv", vision_hidden_size=48)
+    with pytest.raises(ValueError, match="multiple of the conv"):
+        ActionExpertConfig.preset("tiny", 16, vision_tower="conv", image_size=36)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from instructvla.data.augment import AugmentConfig, apply_params, crop_keypoints, resize_images, sample_params
 from instructvla.data.chunks import action_chunk, padding_value
-from instructvla.data.lerobot import LeRobotDatasetReader
+from instructvla.data.lerobot import KEYPOINTS_KEY, LeRobotDatasetReader
 from instructvla.data.mixture import MixtureConfig, sample_conversation
 from instructvla.data.multimodal import MultimodalDataset
 from instructvla.data.normalize import compute_norm_stats, normalize, validate_stats
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 ACTION_KEY = "action"
 STATE_KEY = "observation.state"
 MOTION_KEY = "language_motion"
-KEYPOINT_KEY = "observation.keypoints"
 
 __all__ = ["RobotDataset", "MultimodalDataset", "ResumableSampler", "collate_samples", "dataset_norm_stats"]
 
@@ -98,10 +97,10 @@ class RobotDataset(Dataset):
         self._states = normalize(r.column(STATE_KEY), self.stats, "state") if use_state else None
         self._motion = r.column(MOTION_KEY) if MOTION_KEY in r.features else None
         self._keypoints = None
-        if keypoints and KEYPOINT_KEY in r.features and self.cameras[0].endswith("primary"):
-            kp = np.asarray(r.column(KEYPOINT_KEY), dtype=np.float32)
+        if keypoints and KEYPOINTS_KEY in r.features and self.cameras[0].endswith("primary"):
+            kp = np.asarray(r.column(KEYPOINTS_KEY), dtype=np.float32)
             if kp.ndim != 2 or kp.shape[1] % 2 or not np.isfinite(kp).all():
-                raise ValueError(f"{root}: {KEYPOINT_KEY} must be finite (N, 2K) values, got shape {kp.shape}"
+                raise ValueError(f"{root}: {KEYPOINTS_KEY} must be finite (N, 2K) values, got shape {kp.shape}"
                                  + ("" if np.isfinite(kp).all() else " with NaN/Inf entries"))
             self._keypoints = kp.reshape(len(kp), -1, 2)
         self._frames = _frames_of(r, episodes)
@@ -211,9 +210,11 @@ def collate_samples(batch: list[Sample]) -> list[Sample]:
 
 def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, length: int | Sequence[int] = 20,
                             image_size: int = 32, cameras: Sequence[str] = ("primary", "wrist"), fps: int = 10,
-                            seed: int = 0, annotations: bool = True, video: Any = None) -> str:
+                            seed: int = 0, annotations: bool = True, video: Any = None, keypoints: bool = False) -> str:
     """Write a tiny synthetic LeRobot dataset (smooth moving-square videos, random-walk actions/states, motion
-    words, one VLA-IT record per episode) for tests and smoke runs. Returns the root as a string."""
+    words, one VLA-IT record per episode) for tests and smoke runs. keypoints: also write `observation.keypoints`
+    (the primary view's square centre as the target, a fixed destination, the square's corner as the gripper).
+    Returns the root as a string."""
     from instructvla.data.lerobot import LeRobotDatasetWriter, robot_features, write_annotations
 
     rng = np.random.default_rng(seed)
@@ -221,7 +222,7 @@ def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, leng
     if len(lengths) != num_episodes:
         raise ValueError(f"length has {len(lengths)} entries for {num_episodes} episodes")
     words = ("move forward", "move left, close gripper", "move up", "stop")
-    feats = robot_features({c: (image_size, image_size) for c in cameras})
+    feats = robot_features({c: (image_size, image_size) for c in cameras}, keypoints=keypoints)
     yy, xx = np.mgrid[0:image_size, 0:image_size]
     records = []
     with LeRobotDatasetWriter(root, fps, feats, video=video, overwrite=True) as w:
@@ -244,6 +245,12 @@ def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, leng
             state = np.cumsum(rng.normal(0, 0.01, (T, 8)), 0).astype(np.float32)
             frames |= {"action": act, "observation.state": state,
                        "language_motion": [words[int(i)] for i in rng.integers(0, len(words), T)]}
+            if keypoints:
+                cx = (image_size // 4 + np.arange(T) * 2) % image_size  # the primary view's square centre column
+                u = 2.0 * (cx + 0.5) / image_size - 1.0
+                v = np.full(T, 2.0 * (image_size // 2 + 0.5) / image_size - 1.0)
+                frames[KEYPOINTS_KEY] = np.stack([u, v, np.full(T, 0.5), np.full(T, -0.5),
+                                                 u - 1.0 / 3.0, v - 1.0 / 3.0], axis=1).astype(np.float32)
             w.add_episode(frames, ("pick up the red block", "put the apple on the plate")[ep % 2])
             records.append({"episode_index": ep, "frame_index": 0, "caption": f"A table with {ep + 1} objects.",
                             "qa": [{"question": "How many objects are on the table?", "answer": str(ep + 1)}],

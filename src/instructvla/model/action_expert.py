@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from instructvla.model.expert_transformer import CachedStepPlan, ExpertTransformer
-from instructvla.model.film_vision import IMAGENET_MEAN, IMAGENET_STD, FiLMDinoV2, preprocess_images
+from instructvla.model.film_vision import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FiLMConvTower,
+    FiLMDinoV2,
+    preprocess_images,
+)
 from instructvla.model.flow import (
     ATTENTION_KINDS,
     block_attention_mask,
@@ -57,6 +63,10 @@ class ActionExpertConfig:
     noise_repeats: flow-matching (noise, time) draws per training example (1 = the method). With K > 1 the prefix
         (vision, latents, state) is encoded once and shared by the K noisy chunks, which lowers the variance of the
         flow-matching gradient for a small extra cost (only the action tokens run K times); needs attention="hard".
+    vision_tower: "dinov2" (the method: FiLM-DINOv2-with-registers) or "conv" (a FiLM CNN, model/film_vision.py:
+        `conv_channels` per 3x3 layer with `conv_strides`; its last map, average-pooled by `conv_pool`, gives the
+        visual tokens, and the keypoint readout reads the unpooled map). vision_hidden_size must equal the last
+        channel count. The CNN is for tiny presets trained from scratch on a CPU, where it localises far sooner.
     keypoints: 0 (the method) or K > 0: a language-conditioned keypoint readout of the primary view (model/keypoints.py)
         adds K prefix tokens holding where the instructed things are; trained end to end and, when the batch carries
         `keypoints` labels ((B, K, 2) in [-1, 1]), by an L1 loss weighted `keypoint_loss_weight`.
@@ -95,6 +105,10 @@ class ActionExpertConfig:
     vision_drop_path_rate: float = 0.0
     loss_ignore_padding: bool = False
     noise_repeats: int = 1
+    vision_tower: str = "dinov2"
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
+    conv_strides: list[int] = field(default_factory=lambda: [2, 2, 1, 2])
+    conv_pool: int = 2
     keypoints: int = 0
     keypoint_loss_weight: float = 1.0
     head_widths: list[int] = field(
@@ -139,7 +153,7 @@ class ActionExpertConfig:
                 f"ActionExpertConfig.vision_hidden_size ({self.vision_hidden_size}) must be divisible by "
                 f"vision_num_heads ({self.vision_num_heads})"
             )
-        if self.image_size % self.vision_patch_size:
+        if self.vision_tower == "dinov2" and self.image_size % self.vision_patch_size:
             raise ValueError(
                 f"ActionExpertConfig.image_size ({self.image_size}) must be a multiple of vision_patch_size "
                 f"({self.vision_patch_size})"
@@ -149,7 +163,21 @@ class ActionExpertConfig:
                 f"ActionExpertConfig.vision_feature_layer={self.vision_feature_layer} is outside the "
                 f"{self.vision_num_layers} vision blocks"
             )
+        self.conv_channels, self.conv_strides = list(self.conv_channels), list(self.conv_strides)
+        if self.vision_tower == "conv":
+            if not self.conv_channels or len(self.conv_channels) != len(self.conv_strides):
+                raise ValueError("ActionExpertConfig.conv_channels and conv_strides must be non-empty and of equal "
+                                 f"length, got {self.conv_channels} and {self.conv_strides}")
+            if any(not isinstance(v, int) or v < 1 for v in [*self.conv_channels, *self.conv_strides, self.conv_pool]):
+                raise ValueError("ActionExpertConfig.conv_channels, conv_strides and conv_pool must be positive ints")
+            if self.vision_hidden_size != self.conv_channels[-1]:
+                raise ValueError(f"ActionExpertConfig.vision_hidden_size ({self.vision_hidden_size}) must equal the "
+                                 f"conv tower's last channel count ({self.conv_channels[-1]})")
+            if self.image_size % (math.prod(self.conv_strides) * self.conv_pool):
+                raise ValueError(f"ActionExpertConfig.image_size ({self.image_size}) must be a multiple of the conv "
+                                 f"tower's total stride x pool ({math.prod(self.conv_strides) * self.conv_pool})")
         choices = {
+            "vision_tower": ("dinov2", "conv"),
             "attention": ATTENTION_KINDS,
             "view_token_order": ("interleave", "concat"),
             "resize_mode": ("bicubic", "bilinear"),
@@ -187,9 +215,17 @@ class ActionExpertConfig:
             raise ValueError(f"ActionExpertConfig.head_widths must be positive ints, got {self.head_widths}")
 
     @property
+    def feature_grid(self) -> int:
+        """Side of the vision tower's feature map (what the keypoint readout reads)."""
+        if self.vision_tower == "conv":
+            return self.image_size // math.prod(self.conv_strides)
+        return self.image_size // self.vision_patch_size
+
+    @property
     def num_patches(self) -> int:
-        """Patch tokens per view."""
-        return (self.image_size // self.vision_patch_size) ** 2
+        """Visual tokens per view (the conv tower's map is average-pooled by conv_pool first)."""
+        pool = self.conv_pool if self.vision_tower == "conv" else 1
+        return (self.feature_grid // pool) ** 2
 
     @property
     def num_visual_tokens(self) -> int:
@@ -323,7 +359,7 @@ class ActionExpert(nn.Module):
             raise TypeError(f"ActionExpert expects an ActionExpertConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         d = cfg.hidden_size
-        self.vision = FiLMDinoV2(cfg)
+        self.vision = FiLMDinoV2(cfg) if cfg.vision_tower == "dinov2" else FiLMConvTower(cfg)
         self.vision_proj = _mlp2(cfg.vision_hidden_size, d)
         self.keypoint_readout = (KeypointReadout(cfg.keypoints, cfg.vision_hidden_size, cfg.latent_dim, d)
                                  if cfg.keypoints else None)
@@ -353,7 +389,7 @@ class ActionExpert(nn.Module):
         return preprocess_images(images, self.cfg, self.image_mean, self.image_std).to(self._dtype)
 
     def _check_prefix_inputs(
-        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None, check_state: bool = True
     ) -> None:
         cfg = self.cfg
         if latents.ndim != 3 or latents.shape[-1] != cfg.latent_dim or latents.shape[1] < 1:
@@ -373,6 +409,8 @@ class ActionExpert(nn.Module):
             )
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or Inf")
+        if not check_state:
+            return
         if cfg.use_state:
             if state is None:
                 raise ValueError("state is required: config use_state=True")
@@ -401,11 +439,21 @@ class ActionExpert(nn.Module):
     # ------------------------------------------------------------------ embeddings
 
     def encode_vision(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """FiLM-DINOv2 patch features of every view: (B, V * num_patches, vision_hidden), views ordered per config."""
-        return self._order_views(self._view_features(latents, images))
+        """Visual tokens of every view: (B, V * num_patches, vision_hidden), views ordered per config."""
+        return self._order_views(self._pool(self._view_features(latents, images)))
+
+    def _pool(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, V, grid^2, C) feature maps -> (B, V, num_patches, C) visual tokens (the conv tower's are pooled)."""
+        if self.cfg.vision_tower != "conv" or self.cfg.conv_pool == 1:
+            return feats
+        b, v, _, c = feats.shape
+        g, p = self.cfg.feature_grid, self.cfg.conv_pool
+        x = feats.reshape(b * v, g, g, c).permute(0, 3, 1, 2)
+        x = F.avg_pool2d(x, p).flatten(2).transpose(1, 2)
+        return x.reshape(b, v, -1, c)
 
     def _view_features(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(B, V, num_patches, vision_hidden) FiLM-DINOv2 features, conditioned on the mean latent."""
+        """(B, V, grid^2, vision_hidden) FiLM vision-tower feature maps, conditioned on the mean latent."""
         b, v = images.shape[:2]
         cond = latents.mean(dim=1).to(self._dtype)  # c-bar: mean over the N raw latent tokens
         cond = cond.repeat_interleave(v, dim=0)
@@ -425,7 +473,7 @@ class ActionExpert(nn.Module):
         """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes and the keypoints."""
         self._check_prefix_inputs(latents, images, state)
         feats = self._view_features(latents, images)
-        vis = [self.vision_proj(self._order_views(feats))]
+        vis = [self.vision_proj(self._order_views(self._pool(feats)))]
         uv = None
         if self.keypoint_readout is not None:  # keypoints of the primary (first) view, queried by c-bar
             uv, kp_tokens = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype))
@@ -473,6 +521,16 @@ class ActionExpert(nn.Module):
         mask = self._mask(nv, nl, ns, 0, embeds)
         _, keys, values = self.transformer(embeds, mask=mask)
         return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv)
+
+    @torch.no_grad()
+    def locate(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, 2) keypoints of the primary view (u right, v down, in [-1, 1] over the image the expert sees) from
+        the keypoint readout; runs only the vision tower and the readout. Raises when the expert has none."""
+        if self.keypoint_readout is None:
+            raise ValueError("this action expert has no keypoint readout (config keypoints=0)")
+        self._check_prefix_inputs(latents, images, None, check_state=False)
+        feats = self._view_features(latents, images)
+        return self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype))[0]
 
     def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
@@ -702,7 +760,7 @@ class ActionExpert(nn.Module):
     def unused_parameter_names(self) -> list[str]:
         """Parameters no forward pass uses (DINOv2's masked-image-modelling mask token): kept frozen, so DDP needs
         no find_unused_parameters and trainable sets leave them out."""
-        return ["vision.dino.embeddings.mask_token"]
+        return ["vision.dino.embeddings.mask_token"] if self.cfg.vision_tower == "dinov2" else []
 
     def load_vision_weights(self, path: str) -> None:
         """Load a saved Dinov2WithRegisters directory (save_pretrained / hub layout) into the vision tower.
@@ -710,6 +768,9 @@ class ActionExpert(nn.Module):
         Sizes (width, heads, patch, registers, enough blocks) must match; position embeddings are resampled
         (bicubic) when the checkpoint was saved at another image size. Blocks after the feature layer are skipped.
         """
+        if self.cfg.vision_tower != "dinov2":
+            raise ValueError(f"load_vision_weights({path!r}): this expert's vision tower is "
+                             f"{self.cfg.vision_tower!r}; DINOv2 weights load only into vision_tower='dinov2'")
         self.vision.load_dinov2(path)
 
     def release_step_cache(self) -> None:
@@ -736,7 +797,8 @@ class ActionExpert(nn.Module):
             return 0 if mod is None else sum(p.numel() for p in mod.parameters())
 
         parts = {
-            "vision": n(self.vision.dino),
+            "vision": n(self.vision.dino) if self.cfg.vision_tower == "dinov2"
+            else n(self.vision.convs) + n(self.vision.norms),
             "film": n(self.vision.film_gamma) + n(self.vision.film_beta),
             "projectors": n(self.vision_proj)
             + n(self.keypoint_readout)

@@ -1,4 +1,5 @@
-"""FiLM-conditioned DINOv2-with-registers vision tower of the action expert: image transform, tower, weight loading."""
+"""FiLM-conditioned vision towers of the action expert (DINOv2-with-registers, the method's, with weight loading; a
+small CNN option for tiny CPU presets) and the image transform."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 if TYPE_CHECKING:
     from instructvla.model.action_expert import ActionExpertConfig
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FiLMDinoV2", "film_block", "preprocess_images", "resample_pos_embed"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FiLMConvTower", "FiLMDinoV2", "film_block", "preprocess_images", "resample_pos_embed"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +178,36 @@ def resample_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos.dtype)
     return torch.cat([cls_pos, grid], dim=1)
 
+
+
+class FiLMConvTower(nn.Module):
+    """A small FiLM-conditioned CNN: the action expert's vision tower option for tiny CPU presets.
+
+    Per layer: conv 3x3 (stride per config) -> GroupNorm -> x * (1 + gamma) + beta -> SiLU, with gamma, beta linear
+    in the conditioning vector (the mean latent query, as for the DINOv2 tower). Returns the last feature map as
+    row-major tokens (N, H*W, C). Trained from scratch, its locality prior learns to place objects in far fewer
+    steps than a ViT trained from scratch; with pretrained weights available, DINOv2 is the method's tower.
+    """
+
+    def __init__(self, cfg: ActionExpertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        chans, strides = list(cfg.conv_channels), list(cfg.conv_strides)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        c_in = 3
+        for c, stride in zip(chans, strides, strict=True):
+            self.convs.append(nn.Conv2d(c_in, c, 3, stride, 1))
+            self.norms.append(nn.GroupNorm(math.gcd(8, c), c))
+            c_in = c
+        self.film_gamma = nn.ModuleList([nn.Linear(cfg.latent_dim, c) for c in chans])
+        self.film_beta = nn.ModuleList([nn.Linear(cfg.latent_dim, c) for c in chans])
+        self.gradient_checkpointing = False
+
+    def forward(self, pixels: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """pixels (N, 3, S, S) normalised, cond (N, latent_dim) -> features (N, (S / total stride)^2, channels)."""
+        x = pixels
+        for conv, norm, g_lin, b_lin in zip(self.convs, self.norms, self.film_gamma, self.film_beta, strict=True):
+            x = norm(conv(x))
+            x = F.silu(x * (1.0 + g_lin(cond)[:, :, None, None]) + b_lin(cond)[:, :, None, None])
+        return x.flatten(2).transpose(1, 2)

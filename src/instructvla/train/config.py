@@ -16,7 +16,8 @@ STRATEGY_NAMES = ("auto", "none", "ddp", "fsdp")
 
 # Fields that may change between a run and its resumption (everything else must match the checkpoint).
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "resume", "save_every", "keep_last", "log_every", "progress", "time_limit_s", "num_workers", "device"}
+    {"steps", "resume", "save_every", "keep_last", "log_every", "progress", "time_limit_s", "num_workers", "device",
+     "threads"}
 )
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in `out` (fresh start if there is none)
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes per rank
+    threads: int = 0  # torch compute threads per rank (0 = torch's default); with num_workers=1 on 2 cores, 1 is faster
     chunk_size: int = 16  # action chunk length
     use_state: bool = False  # proprioceptive state token ("(S.)" models)
     image_size: int = 224  # side of the frames fed to the model (stage 0/1; stage 2 takes the stage-1 model's)
@@ -59,6 +61,8 @@ class TrainConfig:
     augment: bool = True  # image augmentation on robot frames
     noise_repeats: int = 1  # flow-matching (noise, time) draws per robot sample sharing one encoded prefix (1 = method)
     keypoints: bool = False  # train with the dataset's observation.keypoints labels (stage 1 adds a keypoint readout)
+    vision_tower: str = "dinov2"  # stage 1: action-expert vision tower, "dinov2" (method) | "conv" (FiLM CNN reading
+    #                                the frames at image_size; learns to localise sooner when trained from scratch)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # robot-prompt ratios (stage 2; motion share: 1, 2)
     no_moe: bool = False  # ablation: one LoRA trained on everything (no expert split, no scale head)
     log_every: int = 10  # metrics line every N iterations
@@ -81,7 +85,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("mm_every", "save_every", "keep_last", "num_workers", "chunk_size"):
+        for name in ("mm_every", "save_every", "keep_last", "num_workers", "chunk_size", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -96,6 +100,8 @@ class TrainConfig:
         self.progress = _PROGRESS_ALIASES.get(str(self.progress).lower(), str(self.progress))
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.vision_tower not in ("dinov2", "conv"):
+            raise ValueError(f"vision_tower must be 'dinov2' or 'conv', got {self.vision_tower!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.strategy not in STRATEGY_NAMES:

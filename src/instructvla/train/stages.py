@@ -87,8 +87,11 @@ def _is_instructvla_dir(path: Path) -> bool:
 
 
 def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int) -> dict[str, Any]:
-    return {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
-            "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints}
+    out = {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
+           "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints}
+    if cfg.vision_tower == "conv":  # the CNN reads the frames at their own size
+        out |= {"vision_tower": "conv", "image_size": cfg.image_size}
+    return out
 
 
 def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0):
@@ -143,13 +146,14 @@ def check_model_matches(model, cfg: TrainConfig, num_views: int) -> None:
 
 # ------------------------------------------------------------------------------------------ data
 def build_robot_dataset(cfg: TrainConfig, image_size: int, stats: dict | None):
-    from instructvla.data.dataset import KEYPOINT_KEY, RobotDataset
+    from instructvla.data.dataset import RobotDataset
+    from instructvla.data.lerobot import KEYPOINTS_KEY
 
     robot = RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
                          augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
                          mixture=cfg.mixture, keypoints=cfg.keypoints)
     if cfg.keypoints and robot.num_keypoints == 0:
-        raise ValueError(f"keypoints: {cfg.dataset} has no {KEYPOINT_KEY!r} labels for its primary camera "
+        raise ValueError(f"keypoints: {cfg.dataset} has no {KEYPOINTS_KEY!r} labels for its primary camera "
                          "(collect with keypoints=true, or train with --keypoints=false)")
     return robot
 

@@ -386,6 +386,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     info = D.init_distributed(cfg.device)
     D.quiet_other_ranks(info)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     def build_and_run() -> dict[str, Any]:  # the model lives only in this frame: freed before the group is destroyed
         return run_training(cfg, build_parts(cfg, info), info)

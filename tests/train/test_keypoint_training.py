@@ -1,0 +1,109 @@
+"""Keypoint labels end to end: dataset -> stage 1 with the keypoint loss -> stage 2 -> Policy replies -> benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from instructvla.data.dataset import RobotDataset, write_synthetic_dataset
+from instructvla.data.multimodal import MultimodalWriter
+from instructvla.model.vla import InstructVLA
+from instructvla.policy import Policy
+from instructvla.train.config import TrainConfig
+from instructvla.train.distributed import DistInfo
+from instructvla.train.stages import build_parts
+from instructvla.train.trainer import run_training
+
+ONE = DistInfo()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kpdata")
+    robot = write_synthetic_dataset(root / "robot", num_episodes=3, length=6, image_size=32, keypoints=True)
+    plain = write_synthetic_dataset(root / "plain", num_episodes=2, length=6, image_size=32)
+    with MultimodalWriter(root / "mm") as w:
+        for _ in range(2):
+            w.add(np.zeros((32, 32, 3), np.uint8), [{"question": "What is there?", "answer": "a block"}], "train")
+    return {"robot": robot, "plain": plain, "mm": str(root / "mm")}
+
+
+def _cfg(out, **kw) -> TrainConfig:
+    base = dict(out=str(out), steps=2, batch_size=2, mm_batch_size=1, save_every=0, log_every=1, progress="never",
+                keypoints=True)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def stage1(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kps1")
+    cfg = _cfg(out, stage=1, dataset=data["robot"])
+    run_training(cfg, build_parts(cfg, ONE), ONE)
+    return out
+
+
+def test_dataset_samples_carry_cropped_keypoints(data):
+    plain = RobotDataset(data["robot"], augment=False, image_size=32)
+    aug = RobotDataset(data["robot"], augment=True, image_size=32, seed=3)
+    assert plain.num_keypoints == 3
+    s, a = plain[4], aug[4]
+    assert s["keypoints"].shape == (3, 2) and s["keypoints"].dtype == np.float32
+    # a 0.9-area crop magnifies by 1/sqrt(0.9): positions move, and spread apart
+    assert not np.allclose(s["keypoints"], a["keypoints"])
+    span = np.abs(a["keypoints"][0] - a["keypoints"][2]) / np.abs(s["keypoints"][0] - s["keypoints"][2])
+    assert span == pytest.approx(np.full(2, 1 / math.sqrt(0.9)), rel=0.05)
+    assert "keypoints" not in RobotDataset(data["robot"], image_size=32, keypoints=False)[0]
+
+
+def test_stage1_trains_the_keypoint_readout(stage1):
+    lines = [json.loads(x) for x in (stage1 / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["kp_loss"]) and x["kp_loss"] > 0 for x in lines)
+    model = InstructVLA.from_pretrained(stage1 / "model")
+    assert model.action_expert.cfg.keypoints == 3
+    assert any(n.startswith("action_expert.keypoint_readout") for n, _ in model.named_parameters())
+
+
+def test_policy_replies_keypoints_in_frame_coordinates(stage1):
+    pol = Policy.from_pretrained(stage1 / "model")
+    rng = np.random.default_rng(0)
+    obs = {"observation/image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+           "observation/wrist_image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "prompt": "pick up the block"}
+    out = pol.infer(obs)
+    kp = out["keypoints"]
+    assert kp.shape == (3, 2) and kp.dtype == np.float32 and np.isfinite(kp).all() and np.abs(kp).max() <= 1.0
+
+
+def test_stage2_keeps_the_readout_and_its_loss(stage1, data, tmp_path):
+    cfg = _cfg(tmp_path, stage=2, dataset=data["robot"], multimodal=data["mm"], init=str(stage1 / "model"))
+    run_training(cfg, build_parts(cfg, ONE), ONE)
+    assert "kp_loss" in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert InstructVLA.from_pretrained(tmp_path / "model").action_expert.cfg.keypoints == 3
+
+
+def test_keypoint_mismatches_are_clear_errors(stage1, data, tmp_path):
+    with pytest.raises(ValueError, match="no 'observation.keypoints' labels"):
+        build_parts(_cfg(tmp_path, stage=1, dataset=data["plain"]), ONE)
+    plain_s1 = tmp_path / "plain_s1"
+    cfg = _cfg(plain_s1, stage=1, dataset=data["robot"], keypoints=False, steps=1)
+    run_training(cfg, build_parts(cfg, ONE), ONE)
+    with pytest.raises(ValueError, match="reads 0 keypoints"):
+        build_parts(_cfg(tmp_path / "s2", stage=2, dataset=data["robot"], multimodal=data["mm"],
+                         init=str(plain_s1 / "model")), ONE)
+
+
+def test_visual_reliance_scores_keypoints(stage1, data):
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "visual_reliance.py"
+    spec = importlib.util.spec_from_file_location("visual_reliance", script)
+    vr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vr)
+    res = vr.measure(str(stage1 / "model"), data["robot"], frames=3, steps=2)
+    assert res["keypoint_names"] == ["target", "destination", "gripper"]
+    for key in ("keypoint_error", "keypoint_label_spread", "keypoint_instruction_swap_change"):
+        assert len(res[key]) == 3 and all(math.isfinite(v) and v >= 0 for v in res[key])
+    # the synthetic destination never moves, so its labels have no spread
+    assert res["keypoint_label_spread"][1] == pytest.approx(0.0, abs=1e-6)
