@@ -60,17 +60,18 @@ class DemoPreset:
     keypoints: bool = True  # collect keypoint labels and train the action expert's keypoint readout on them
     use_state: bool = False  # proprioceptive state token (the paper's "(S.)" models)
     vision_tower: str = "dinov2"  # action-expert vision tower: "dinov2" (method) | "conv" (tiny CNN, CPU budgets)
+    ema: float | None = None  # EMA decay of the trainable weights in stages 1 and 2 (the saved model gets them)
 
 
 PRESETS: dict[str, DemoPreset] = {
     # <= 20 minutes on 2 CPU cores: pick / place-on / move-near, tiny model, short schedules.
     "quick": DemoPreset(
         model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=300, multimodal_samples=150,
-        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=10.0, stage1_steps=100_000,
-        stage2_minutes=2.0, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
+        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=11.0, stage1_steps=100_000,
+        stage2_minutes=1.5, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
         eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
-        no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv",
+        no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -129,6 +130,7 @@ class DemoConfig:
     keypoints: bool | None = None
     use_state: bool | None = None
     vision_tower: str | None = None
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -216,7 +218,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, lr=p.lr, device=_device(cfg),
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
-        use_state=p.use_state, vision_tower=p.vision_tower,
+        use_state=p.use_state, vision_tower=p.vision_tower, ema=p.ema if stage > 0 else None,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}
