@@ -328,17 +328,17 @@ class Policy:
             batch = m.processor([sample], inference=True)
         dev = m.device
         st = batch["state"].to(dev) if self._info["use_state"] else None
-        ae = m.action_expert
-        chunk = ae.sample(latents, batch["dino_images"].to(dev), st, generator=ep.generator,
-                          noise_scale=cfg.noise_scale)
+        ae, dino = m.action_expert, batch["dino_images"].to(dev)
+        prefix = ae.encode_prefix(latents, dino, st)  # once: the flow samples from it and it holds the keypoints
+        chunk = ae.sample(latents, dino, st, generator=ep.generator, noise_scale=cfg.noise_scale, prefix=prefix)
         chunk = _to_numpy(chunk)[0]
         expected = (self._info["chunk_size"], self._info["action_dim"])
         if chunk.shape != expected:
             raise RuntimeError(f"model returned an action chunk of shape {chunk.shape}, expected {expected}")
         keypoints = None
-        if ae.cfg.keypoints:  # back to full-frame coordinates: undo the expert's and this policy's centre crops
+        if prefix.keypoints is not None:  # back to full-frame coordinates: undo the expert's and this policy's crops
             scale = ae.cfg.center_crop_ratio * math.sqrt(cfg.center_crop_area)
-            keypoints = (_to_numpy(ae.locate(latents, batch["dino_images"].to(dev)))[0] * scale).astype(np.float32)
+            keypoints = (_to_numpy(prefix.keypoints)[0] * scale).astype(np.float32)
         return chunk, keypoints
 
     def _chat(self, images: np.ndarray, request: Request) -> dict:

@@ -76,7 +76,11 @@ def test_expert_keypoint_tokens_loss_and_cache() -> None:
     cached = m.sample(lat, img, noise=noise, use_cache=True)
     full = m.sample(lat, img, noise=noise, use_cache=False)
     assert torch.allclose(cached, full, atol=1e-5)
-    assert m.encode_prefix(lat, img).keypoints.shape == (2, 3, 2)
+    prefix = m.encode_prefix(lat, img)
+    assert prefix.keypoints.shape == (2, 3, 2)
+    assert torch.equal(m.sample(lat, img, noise=noise, prefix=prefix), cached)  # a given prefix is not re-encoded
+    with pytest.raises(ValueError, match="needs use_cache"):
+        m.sample(lat, img, noise=noise, prefix=prefix, use_cache=False)
 
 
 def test_expert_without_keypoints_is_unchanged_and_rejects_labels() -> None:

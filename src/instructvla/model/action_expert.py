@@ -389,7 +389,7 @@ class ActionExpert(nn.Module):
         return preprocess_images(images, self.cfg, self.image_mean, self.image_std).to(self._dtype)
 
     def _check_prefix_inputs(
-        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None, check_state: bool = True
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
     ) -> None:
         cfg = self.cfg
         if latents.ndim != 3 or latents.shape[-1] != cfg.latent_dim or latents.shape[1] < 1:
@@ -409,8 +409,6 @@ class ActionExpert(nn.Module):
             )
         if not torch.isfinite(images).all():
             raise ValueError("images contain NaN or Inf")
-        if not check_state:
-            return
         if cfg.use_state:
             if state is None:
                 raise ValueError("state is required: config use_state=True")
@@ -521,16 +519,6 @@ class ActionExpert(nn.Module):
         mask = self._mask(nv, nl, ns, 0, embeds)
         _, keys, values = self.transformer(embeds, mask=mask)
         return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv)
-
-    @torch.no_grad()
-    def locate(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(B, K, 2) keypoints of the primary view (u right, v down, in [-1, 1] over the image the expert sees) from
-        the keypoint readout; runs only the vision tower and the readout. Raises when the expert has none."""
-        if self.keypoint_readout is None:
-            raise ValueError("this action expert has no keypoint readout (config keypoints=0)")
-        self._check_prefix_inputs(latents, images, None, check_state=False)
-        feats = self._view_features(latents, images)
-        return self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype))[0]
 
     def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
@@ -727,6 +715,7 @@ class ActionExpert(nn.Module):
         use_cache: bool = True,
         noise: torch.Tensor | None = None,
         noise_scale: float = 1.0,
+        prefix: PrefixCache | None = None,
     ) -> torch.Tensor:
         """Sample a normalised action chunk (B, H, A) by Euler integration of the velocity from t = 0 to 1.
 
@@ -736,6 +725,8 @@ class ActionExpert(nn.Module):
         prefix once and runs only the action tokens per step (exact for the hard mask). With attention="soft_bias"
         the prefix depends on the actions, so only the vision features and prefix embeddings are cached and the
         transformer is recomputed each step. use_cache=False recomputes everything (vision included) every step.
+        `prefix`: the `encode_prefix` result of these inputs, when the caller already has it (e.g. for its
+        keypoints); sampling then starts from it instead of encoding again (use_cache only).
         Call .eval() first for dropout-free, reproducible samples.
         """
         steps = self.cfg.num_inference_steps if num_steps is None else num_steps
@@ -750,8 +741,13 @@ class ActionExpert(nn.Module):
             noise = noise.to(self._dtype)
         if noise_scale != 1.0:
             noise = noise * noise_scale
+        if prefix is not None and not use_cache:
+            raise ValueError("sample: a precomputed prefix needs use_cache=True")
         if use_cache:
-            prefix = self.encode_prefix(latents, images, state)
+            if prefix is None:
+                prefix = self.encode_prefix(latents, images, state)
+            elif prefix.batch_size != b:
+                raise ValueError(f"sample: prefix batch {prefix.batch_size} != latents batch {b}")
             return euler_integrate(lambda x, t: self._velocity(prefix, x, t), noise, steps)
         return euler_integrate(lambda x, t: self(latents, images, state, x, t), noise, steps)
 
