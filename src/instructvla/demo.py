@@ -61,17 +61,22 @@ class DemoPreset:
     use_state: bool = False  # proprioceptive state token (the paper's "(S.)" models)
     vision_tower: str = "dinov2"  # action-expert vision tower: "dinov2" (method) | "conv" (tiny CNN, CPU budgets)
     ema: float | None = None  # EMA decay of the trainable weights in stages 1 and 2 (the saved model gets them)
+    keypoint_teacher_forcing: float = 0.0  # stage 1: share of samples whose keypoint tokens use the labels
+    keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) bias every action token directly
+    keypoint_loss_weight: float = 1.0  # stage 1: weight of the keypoint L1 loss
+    cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
 
 
 PRESETS: dict[str, DemoPreset] = {
     # <= 20 minutes on 2 CPU cores: pick / place-on / move-near, tiny model, short schedules.
     "quick": DemoPreset(
         model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=300, multimodal_samples=150,
-        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=11.0, stage1_steps=100_000,
+        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=11.5, stage1_steps=100_000,
         stage2_minutes=1.5, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
         eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
+        keypoint_teacher_forcing=0.5, keypoint_action_bias=True, cameras=("primary",),
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -131,6 +136,10 @@ class DemoConfig:
     use_state: bool | None = None
     vision_tower: str | None = None
     ema: float | None = None
+    keypoint_teacher_forcing: float | None = None
+    keypoint_action_bias: bool | None = None
+    keypoint_loss_weight: float | None = None
+    cameras: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -148,6 +157,8 @@ class DemoConfig:
         """The preset with this config's overrides applied."""
         base = PRESETS[self.preset]
         overrides = {f.name: getattr(self, f.name) for f in fields(base) if getattr(self, f.name, None) is not None}
+        if "cameras" in overrides:
+            overrides["cameras"] = tuple(overrides["cameras"])
         return replace(base, **overrides)
 
 
@@ -202,7 +213,7 @@ def _collect(cfg: DemoConfig, p: DemoPreset, folder: Path) -> dict:
     result = collect(CollectConfig(
         out=str(folder), suite=p.collect_suite, episodes=p.episodes, workers=cfg.workers,
         camera_size=p.camera_size, seed=cfg.seed, multimodal_samples=p.multimodal_samples, overwrite=True,
-        keypoints=p.keypoints,
+        keypoints=p.keypoints, cameras=list(p.cameras),
     ))
     return {k: getattr(result, k) for k in ("episodes_kept", "failures", "errors", "frames", "multimodal_records")}
 
@@ -219,6 +230,9 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
         use_state=p.use_state, vision_tower=p.vision_tower, ema=p.ema if stage > 0 else None,
+        keypoint_teacher_forcing=p.keypoint_teacher_forcing if stage == 1 and p.keypoints else 0.0,
+        keypoint_action_bias=p.keypoint_action_bias and stage == 1 and p.keypoints,
+        keypoint_loss_weight=p.keypoint_loss_weight,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

@@ -87,3 +87,21 @@ def test_pickles_for_spawned_workers(root):
     clone = pickle.loads(pickle.dumps(ds))
     assert clone.reader._cached == 0
     np.testing.assert_array_equal(clone[3]["actions"], ds[3]["actions"])
+
+
+def test_hide_held_target_unlabels_the_target_from_the_first_grasp_on() -> None:
+    from types import SimpleNamespace
+
+    from instructvla.data.dataset import _hide_held_target
+
+    kp = np.zeros((9, 3, 2), np.float32)
+    grip = np.array([1, 1, 0, 0, 1,  # episode 0: closes at frame 2
+                     0, 0, 1, 0])  # episode 1 starts closed (holds nothing), opens, closes at frame 8
+    actions = np.zeros((9, 7), np.float32)
+    actions[:, 6] = grip
+    slices = [slice(0, 5), slice(5, 9)]
+    reader = SimpleNamespace(num_episodes=2, episode_slice=lambda e: slices[e])
+    out = _hide_held_target(kp, actions, reader)
+    hidden = np.isnan(out[:, 0, 0])
+    assert hidden.tolist() == [False, False, True, True, True, False, False, False, True]
+    assert not np.isnan(out[:, 1:]).any() and not np.isnan(kp).any()  # other points kept, input untouched

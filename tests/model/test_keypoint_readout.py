@@ -40,13 +40,13 @@ def test_readout_finds_a_conditioned_feature_after_training() -> None:
     gen = torch.Generator().manual_seed(1)
     for _ in range(300):
         feats, cond, target = batch(32, gen)
-        uv, _ = readout(feats, cond)
+        uv, _, _ = readout(feats, cond)
         loss = (uv[:, 0] - target).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     feats, cond, target = batch(64, torch.Generator().manual_seed(2))
-    uv, tokens = readout(feats, cond)
+    uv, tokens, _ = readout(feats, cond)
     assert tokens.shape == (64, 1, 8)
     assert (uv[:, 0] - target).abs().mean() < 0.1  # patches are 0.25 apart
 
@@ -127,3 +127,45 @@ def test_conv_tower_tokens_readout_and_errors() -> None:
         ActionExpertConfig.preset("tiny", 16, vision_tower="conv", vision_hidden_size=48)
     with pytest.raises(ValueError, match="multiple of the conv"):
         ActionExpertConfig.preset("tiny", 16, vision_tower="conv", image_size=36)
+
+
+def test_teacher_forcing_feeds_labels_to_the_keypoint_tokens_only_in_training() -> None:
+    """With p = 1 the flow-matching loss reads the labelled coordinates (changing them changes it); in eval mode, or
+    with p = 0, labels only enter the keypoint L1 term."""
+    g = torch.Generator().manual_seed(0)
+    lat, img = torch.randn(2, 4, 16, generator=g), torch.randn(2, 2, 3, 32, 32, generator=g)
+    act = torch.randn(2, 8, 7, generator=g)
+    kp_a, kp_b = torch.full((2, 3, 2), -0.5), torch.full((2, 3, 2), 0.5)
+
+    def fm(m: ActionExpert, kp: torch.Tensor) -> float:
+        return float(m.loss_terms(lat, img, None, act, generator=torch.Generator().manual_seed(3), keypoints=kp)["fm"])
+
+    forced = _expert(keypoints=3, noise_repeats=2, keypoint_teacher_forcing=1.0, keypoint_action_bias=True)
+    assert fm(forced, kp_a) != pytest.approx(fm(forced, kp_b), abs=1e-7)
+    kp_nan = kp_a.clone()
+    kp_nan[:] = float("nan")  # unplaceable labels fall back to the predictions
+    plain = _expert(keypoints=3, noise_repeats=2, keypoint_action_bias=True)
+    assert fm(forced, kp_nan) == pytest.approx(fm(plain, kp_nan), abs=1e-6)
+    assert fm(plain, kp_a) == pytest.approx(fm(plain, kp_b), abs=1e-7)
+    forced.eval()
+    assert fm(forced, kp_a) == pytest.approx(fm(forced, kp_b), abs=1e-7)
+
+
+def test_keypoint_action_bias_cached_sampling_matches_full_recompute() -> None:
+    m = _expert(keypoints=3, keypoint_action_bias=True, use_state=True, state_dim=5)
+    g = torch.Generator().manual_seed(0)
+    lat, img, st = torch.randn(2, 4, 16, generator=g), torch.randn(2, 2, 3, 32, 32, generator=g), torch.randn(2, 5)
+    terms = m.loss_terms(lat, img, st, torch.randn(2, 8, 7, generator=g), keypoints=torch.zeros(2, 3, 2))
+    (terms["fm"] + terms["keypoint"]).backward()
+    assert m.keypoint_bias[0].weight.grad.abs().sum() > 0
+    m.eval()
+    prefix = m.encode_prefix(lat, img, st)
+    assert prefix.action_bias.shape == (2, 64)
+    noise = torch.randn(2, 8, 7, generator=g)
+    fast = m.sample(lat, img, st, noise=noise, prefix=prefix)
+    assert torch.allclose(fast, m.sample(lat, img, st, noise=noise, use_cache=False), atol=1e-5)
+    assert not any(n.startswith("keypoint_bias") for n in m.unused_parameter_names())
+    with pytest.raises(ValueError, match="keypoint_action_bias needs a keypoint readout"):
+        ActionExpertConfig.preset("tiny", 16, keypoint_action_bias=True)
+    with pytest.raises(ValueError, match="keypoint_teacher_forcing must be in"):
+        ActionExpertConfig.preset("tiny", 16, keypoints=2, keypoint_teacher_forcing=1.5)

@@ -107,3 +107,43 @@ def test_visual_reliance_scores_keypoints(stage1, data):
         assert len(res[key]) == 3 and all(math.isfinite(v) and v >= 0 for v in res[key])
     # the synthetic destination never moves, so its labels have no spread
     assert res["keypoint_label_spread"][1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_teacher_forcing_action_bias_and_camera_choice(data, tmp_path):
+    cfg = _cfg(tmp_path, stage=1, dataset=data["robot"], keypoint_teacher_forcing=0.5, keypoint_action_bias=True,
+               cameras=["primary"])
+    run_training(cfg, build_parts(cfg, ONE), ONE)
+    model = InstructVLA.from_pretrained(tmp_path / "model")
+    ae = model.action_expert.cfg
+    assert ae.num_views == 1 and ae.keypoint_teacher_forcing == 0.5 and ae.keypoint_action_bias
+    assert model.action_expert.keypoint_bias is not None
+    pol = Policy.from_pretrained(tmp_path / "model")
+    assert not pol.request_spec.wrist_camera  # one view: the policy takes no wrist image
+    out = pol.infer({"observation/image": np.zeros((32, 32, 3), np.uint8), "prompt": "pick up the block"})
+    assert out["actions"].shape[0] == ae.chunk_size and np.isfinite(out["keypoints"]).all()
+    with pytest.raises(ValueError, match="need keypoints=true"):
+        _cfg(tmp_path, stage=1, dataset=data["robot"], keypoints=False, keypoint_action_bias=True)
+    with pytest.raises(ValueError, match="'top' is not|unknown"):
+        build_parts(_cfg(tmp_path / "bad", stage=1, dataset=data["robot"], cameras=["top"]), ONE)
+
+
+def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, capsys):
+    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "closed_loop_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("closed_loop_diagnostics", script)
+    cd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cd)
+    for oracle in (False, True):
+        res = cd.measure(str(stage1 / "model"), ["atomic/pick_any"], episodes=1, camera_size=32,
+                         oracle_keypoints=oracle, verbose=False)
+        s = res["tasks"]["atomic/pick_any"]
+        assert s["episodes"] == 1 and 0.0 <= s["success_rate"] <= 1.0
+        assert math.isfinite(s["median_min_dxy_cm"]) and s["median_min_dxy_cm"] >= 0
+        assert s["target_kp_err"] is not None and s["target_kp_err"] >= 0
+    # the summary arithmetic on hand-made rows
+    rows = [{"success": True, "grasped": True, "min_dxy_cm": 1.0, "target_kp_err": 0.1,
+             "first_close": {"step": 10, "dxy_cm": 1.5, "dz_cm": 2.0}},
+            {"success": False, "grasped": False, "min_dxy_cm": 9.0, "target_kp_err": 0.3, "first_close": None}]
+    s = cd.summarise(rows)
+    assert s["success_rate"] == 0.5 and s["reached_within_2cm"] == 0.5 and s["closed_rate"] == 0.5
+    assert s["median_min_dxy_cm"] == 5.0 and s["median_close_dz_cm"] == 2.0
+    assert s["target_kp_err"] == pytest.approx(0.2)

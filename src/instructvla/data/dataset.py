@@ -58,17 +58,22 @@ class RobotDataset(Dataset):
     use_state:   include the normalised proprio state.
     augment:     random-resized crop + colour jitter (same for all views); else a plain resize to image_size.
     stats:       normalisation stats ({"action": {q01, q99, mask}, "state": ...}); computed from the data if None.
-    cameras:     feature keys of the views, primary first (default: every camera, `*primary*` first).
+    cameras:     feature keys (or their last part, "primary" / "wrist") of the views, primary first (default: every
+                 camera, `*primary*` first).
     episodes:    restrict to these episode indices (e.g. a train split).
     keypoints:   attach the dataset's `observation.keypoints` labels ((K, 2) primary-view positions, moved with the
                  augmentation crop) when it has them (for an action expert with a keypoint readout).
+    hide_held_target: leave the target keypoint unlabelled (NaN) from the frame whose action first closes the
+                 (open) gripper to the end of its episode. The object is in the hand by then; labelled there (half of all frames),
+                 the readout learns "the target is at the gripper", which in closed loop, with the gripper away from
+                 the object, tells the policy it has arrived.
     """
 
     def __init__(self, root: str | os.PathLike, stage: int = 1, chunk_size: int = 16, use_state: bool = False,
                  augment: bool = True, stats: Mapping[str, Any] | None = None, seed: int = 0,
                  cameras: Sequence[str] | None = None, image_size: int = 224, mixture: MixtureConfig | None = None,
                  augment_cfg: AugmentConfig | None = None, episodes: Sequence[int] | None = None,
-                 cache_bytes: int = 2 << 30, keypoints: bool = True):
+                 cache_bytes: int = 2 << 30, keypoints: bool = True, hide_held_target: bool = True):
         if stage not in (0, 1, 2):
             raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
         if chunk_size < 1:
@@ -85,6 +90,8 @@ class RobotDataset(Dataset):
         self.image_size = self.augment_cfg.size
         if cameras is None:
             cameras = primary_first(r.camera_keys)
+        short = {k.rsplit(".", 1)[-1]: k for k in r.camera_keys}  # "primary" -> "observation.images.primary"
+        cameras = [c if c in r.camera_keys else short.get(c, c) for c in cameras]
         unknown = [c for c in cameras if c not in r.camera_keys]
         if unknown or not cameras:
             raise ValueError(f"cameras {list(cameras)}: unknown {unknown} (dataset has {r.camera_keys})")
@@ -103,6 +110,8 @@ class RobotDataset(Dataset):
                 raise ValueError(f"{root}: {KEYPOINTS_KEY} must be finite (N, 2K) values, got shape {kp.shape}"
                                  + ("" if np.isfinite(kp).all() else " with NaN/Inf entries"))
             self._keypoints = kp.reshape(len(kp), -1, 2)
+            if hide_held_target:
+                self._keypoints = _hide_held_target(self._keypoints, r.column(ACTION_KEY), r)
         self._frames = _frames_of(r, episodes)
         if stage == 2 and not r.annotations:
             logger.warning("%s: stage 2 without meta/vla_it.jsonl: every sample falls back to plain action", root)
@@ -206,6 +215,20 @@ def primary_first(camera_keys: Sequence[str]) -> list[str]:
 def collate_samples(batch: list[Sample]) -> list[Sample]:
     """DataLoader collate_fn that keeps samples as a list (the model processor batches them)."""
     return list(batch)
+
+
+def _hide_held_target(keypoints: np.ndarray, actions: np.ndarray, reader: Any) -> np.ndarray:
+    """(N, K, 2) labels with the target's (index 0) set to NaN from each episode's first open -> closed gripper
+    command on (gripper command: 1 open, 0 closed; an episode that starts closed holds nothing until it opens)."""
+    out = keypoints.copy()
+    closed = np.asarray(actions)[:, -1] < 0.5
+    for ep in range(reader.num_episodes):
+        sl = reader.episode_slice(ep)
+        c = closed[sl]
+        first = np.flatnonzero(c[1:] & ~c[:-1])
+        if first.size:
+            out[sl.start + int(first[0]) + 1:sl.stop, 0] = np.nan
+    return out
 
 
 def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, length: int | Sequence[int] = 20,

@@ -70,6 +70,12 @@ class ActionExpertConfig:
     keypoints: 0 (the method) or K > 0: a language-conditioned keypoint readout of the primary view (model/keypoints.py)
         adds K prefix tokens holding where the instructed things are; trained end to end and, when the batch carries
         `keypoints` labels ((B, K, 2) in [-1, 1]), by an L1 loss weighted `keypoint_loss_weight`.
+    keypoint_teacher_forcing: in training with labels, the probability that a sample's keypoint tokens (and action
+        bias) are built from its labelled coordinates instead of the predicted ones. The readout's early guesses are
+        noise, so without it the action tokens learn to ignore the keypoints; with it they learn to follow them, and
+        at inference they follow the readout. The readout keeps its own L1 loss either way.
+    keypoint_action_bias: add an MLP of the keypoints' coordinates (and the state, with use_state) to every action
+        token, a direct path from "where things are" to the actions besides attention to the keypoint tokens.
     """
 
     latent_dim: int
@@ -111,6 +117,8 @@ class ActionExpertConfig:
     conv_pool: int = 2
     keypoints: int = 0
     keypoint_loss_weight: float = 1.0
+    keypoint_teacher_forcing: float = 0.0
+    keypoint_action_bias: bool = False
     head_widths: list[int] = field(
         default_factory=list
     )  # empty = scale method.md's 12288->3072->1536->384 ratios
@@ -193,6 +201,12 @@ class ActionExpertConfig:
             raise ValueError(
                 f"ActionExpertConfig.keypoint_loss_weight must be a finite number >= 0, got {self.keypoint_loss_weight}"
             )
+        if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
+            raise ValueError(
+                f"ActionExpertConfig.keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}"
+            )
+        if self.keypoint_action_bias and not self.keypoints:
+            raise ValueError("ActionExpertConfig.keypoint_action_bias needs a keypoint readout (keypoints=K > 0)")
         if self.noise_repeats > 1 and self.attention != "hard":
             raise ValueError(
                 f"ActionExpertConfig.noise_repeats={self.noise_repeats} shares the encoded prefix between the noisy "
@@ -317,6 +331,7 @@ class PrefixCache:
     n_latent: int
     n_state: int
     keypoints: torch.Tensor | None = None  # (B, K, 2) predicted keypoints when the expert has a keypoint readout
+    action_bias: torch.Tensor | None = None  # (B, d) added to every action token (keypoint_action_bias)
     # Per-prefix constants of the inference fast path (RoPE tables, K/V buffers), built on the first no-grad
     # `velocity` call.
     step: tuple[CachedStepPlan, _StepInputWeights] | None = field(default=None, repr=False, compare=False)
@@ -363,6 +378,9 @@ class ActionExpert(nn.Module):
         self.vision_proj = _mlp2(cfg.vision_hidden_size, d)
         self.keypoint_readout = (KeypointReadout(cfg.keypoints, cfg.vision_hidden_size, cfg.latent_dim, d)
                                  if cfg.keypoints else None)
+        self.keypoint_bias = (_mlp2(self.keypoint_readout.encoding_dim * cfg.keypoints
+                                    + (cfg.state_dim if cfg.use_state else 0), d)
+                              if self.keypoint_readout is not None and cfg.keypoint_action_bias else None)
         self.latent_proj = _mlp2(cfg.latent_dim, d)
         self.state_proj = _mlp2(cfg.state_dim, d) if cfg.use_state else None
         self.action_in = nn.Linear(cfg.action_dim, d)
@@ -466,30 +484,43 @@ class ActionExpert(nn.Module):
         return feats.reshape(b, v * n, dv)
 
     def _embed_prefix(
-        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None
-    ) -> tuple[torch.Tensor, int, int, int, torch.Tensor | None]:
-        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes and the keypoints."""
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None,
+        keypoints_override: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, int, int, int, torch.Tensor | None, torch.Tensor | None]:
+        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes, the predicted keypoints
+        and the per-sample action bias. `keypoints_override` (B, K, 2): finite entries replace the predicted
+        coordinates in the keypoint tokens and the action bias (teacher forcing)."""
         self._check_prefix_inputs(latents, images, state)
+        if keypoints_override is not None and self.keypoint_readout is None:
+            raise ValueError("keypoints_override needs an action expert with a keypoint readout (keypoints=K > 0)")
         feats = self._view_features(latents, images)
         vis = [self.vision_proj(self._order_views(self._pool(feats)))]
-        uv = None
+        uv = bias = None
         if self.keypoint_readout is not None:  # keypoints of the primary (first) view, queried by c-bar
-            uv, kp_tokens = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype))
+            uv, kp_tokens, used = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype),
+                                                        override=keypoints_override)
             vis.append(kp_tokens)
+            if self.keypoint_bias is not None:
+                inputs = [self.keypoint_readout.encode(used).flatten(1)]
+                if state is not None:
+                    inputs.append(state.to(self._dtype))
+                bias = self.keypoint_bias(torch.cat(inputs, dim=-1))
         vis_t = torch.cat(vis, dim=1)
         lat = self.latent_proj(latents.to(self._dtype))
         parts = [vis_t, lat]
         if self.state_proj is not None:
             parts.append(self.state_proj(state.to(self._dtype))[:, None])
         n_state = 1 if self.state_proj is not None else 0
-        return torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state, uv
+        return torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state, uv, bias
 
-    def embed_actions(self, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B, H, A) noisy actions and (B,) times -> (B, H, d) action tokens."""
+    def embed_actions(self, noisy_actions: torch.Tensor, t: torch.Tensor,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, A) noisy actions and (B,) times (+ a (B, d) per-sample bias) -> (B, H, d) action tokens."""
         a = self.action_in(noisy_actions.to(self._dtype))
         te = sinusoidal_time_embedding(t.float(), self.cfg.hidden_size, self.cfg.time_max_period).to(a.dtype)
         te = te[:, None].expand(-1, a.shape[1], -1)
-        return self.action_time_mlp(torch.cat([te, a], dim=-1))
+        out = self.action_time_mlp(torch.cat([te, a], dim=-1))
+        return out if bias is None else out + bias[:, None].to(out.dtype)
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         h = self.cfg.chunk_size
@@ -506,19 +537,22 @@ class ActionExpert(nn.Module):
     # ------------------------------------------------------------------ public model API
 
     def encode_prefix(
-        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None = None
+        self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None = None,
+        keypoints_override: torch.Tensor | None = None,
     ) -> PrefixCache:
         """Run FiLM-DINOv2, the projectors and (hard mask) the transformer over the prefix; returns its KV cache.
 
         latents: (B, N, latent_dim) raw VLM latent-query states; images: (B, V, 3, S, S) from `preprocess_images`;
-        state: (B, state_dim) when use_state.
+        state: (B, state_dim) when use_state. keypoints_override (B, K, 2), keypoint readout only: finite entries
+        replace the predicted coordinates the keypoint tokens and action bias read (teacher forcing in training;
+        oracle keypoints in diagnostics); `PrefixCache.keypoints` stays the prediction.
         """
-        embeds, nv, nl, ns, uv = self._embed_prefix(latents, images, state)
+        embeds, nv, nl, ns, uv, bias = self._embed_prefix(latents, images, state, keypoints_override)
         if self.cfg.attention != "hard":
-            return PrefixCache(embeds, None, None, nv, nl, ns, keypoints=uv)
+            return PrefixCache(embeds, None, None, nv, nl, ns, keypoints=uv, action_bias=bias)
         mask = self._mask(nv, nl, ns, 0, embeds)
         _, keys, values = self.transformer(embeds, mask=mask)
-        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv)
+        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv, action_bias=bias)
 
     def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
@@ -540,7 +574,7 @@ class ActionExpert(nn.Module):
             and not torch.is_grad_enabled()
         ):
             return self._velocity_fast(prefix, noisy_actions, t)
-        act = self.embed_actions(noisy_actions, t)
+        act = self.embed_actions(noisy_actions, t, prefix.action_bias)
         if prefix.keys is not None and prefix.values is not None:
             hidden, _, _ = self.transformer(
                 act, mask=None, start=prefix.length, past=(prefix.keys, prefix.values)
@@ -600,7 +634,10 @@ class ActionExpert(nn.Module):
         x = torch.cat([te[:, None].expand(-1, h, -1), a.view(b, h, d)], dim=-1).view(b * h, 2 * d)
         (b0, w0), (b1, w1) = w.time_mlp
         x = torch.addmm(b1, F.silu(torch.addmm(b0, x, w0)), w1)
-        out = self.transformer.cached_step(x.view(b, h, d), plan).reshape(b, h * d)
+        x = x.view(b, h, d)
+        if prefix.action_bias is not None:
+            x = x + prefix.action_bias[:, None].to(x.dtype)
+        out = self.transformer.cached_step(x, plan).reshape(b, h * d)
         for wb in w.head:
             out = F.silu(out) if wb is None else F.linear(out, wb[0], wb[1])
         return out.view(-1, h, self.cfg.action_dim)
@@ -623,12 +660,13 @@ class ActionExpert(nn.Module):
         state: torch.Tensor | None,
         noisy_actions: torch.Tensor,
         t: torch.Tensor,
+        keypoints_override: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        embeds, nv, nl, ns, uv = self._embed_prefix(latents, images, state)
+        embeds, nv, nl, ns, uv, bias = self._embed_prefix(latents, images, state, keypoints_override)
         b = embeds.shape[0]
         self._check_actions("noisy_actions", noisy_actions, b)
         self._check_time(t, b)
-        act = self.embed_actions(noisy_actions, t)
+        act = self.embed_actions(noisy_actions, t, bias)
         seq = torch.cat([embeds, act], dim=1)
         hidden, _, _ = self.transformer(seq, mask=self._mask(nv, nl, ns, act.shape[1], seq))
         return self._head(hidden), uv
@@ -682,15 +720,17 @@ class ActionExpert(nn.Module):
         t = sample_time(b * k, generator=generator, device=x1.device, dtype=x1.dtype)
         xt = interpolate(x0, x1, t, self.cfg.sigma_min)
         target = target_velocity(x0, x1, self.cfg.sigma_min)
-        if k > 1:
-            prefix = self.encode_prefix(latents, images, state)  # with gradients; the hard mask makes it exact
+        override = self._teacher_keypoints(keypoints, b, generator)
+        if k > 1:  # with gradients; the hard mask makes the shared prefix exact
+            prefix = self.encode_prefix(latents, images, state, override)
             assert prefix.keys is not None and prefix.values is not None
+            bias = None if prefix.action_bias is None else prefix.action_bias.repeat(k, 1)
             shared = PrefixCache(prefix.embeds.repeat(k, 1, 1), [x.repeat(k, 1, 1, 1) for x in prefix.keys],
                                  [x.repeat(k, 1, 1, 1) for x in prefix.values], prefix.n_visual, prefix.n_latent,
-                                 prefix.n_state)
+                                 prefix.n_state, action_bias=bias)
             velocity, uv = self._velocity(shared, xt, t), prefix.keypoints
         else:
-            velocity, uv = self._forward(latents, images, state, xt, t)
+            velocity, uv = self._forward(latents, images, state, xt, t, override)
         err = (velocity.float() - target.float()).pow(2)
         if self.cfg.loss_ignore_padding and action_is_pad is not None:
             keep = (~action_is_pad.bool()).repeat(k, 1).to(err.dtype)[..., None].expand_as(err)
@@ -703,6 +743,18 @@ class ActionExpert(nn.Module):
             diff = (uv.float() - torch.nan_to_num(labels)).abs() * valid
             out["keypoint"] = diff.sum() / valid.sum().clamp_min(1)
         return out
+
+    def _teacher_keypoints(self, keypoints: torch.Tensor | None, batch: int,
+                           generator: torch.Generator | None) -> torch.Tensor | None:
+        """Labels (NaN where the predicted keypoints stay) for the samples drawn for teacher forcing, or None."""
+        p = self.cfg.keypoint_teacher_forcing
+        if keypoints is None or p <= 0 or not self.training or self.keypoint_readout is None:
+            return None
+        dev = self.action_in.weight.device
+        draw = torch.rand(batch, generator=generator, device=generator.device if generator is not None else "cpu")
+        chosen = (draw.to(dev) < p)[:, None, None]
+        labels = keypoints.to(dev).to(self._dtype)
+        return torch.where(chosen, labels, torch.full_like(labels, float("nan")))
 
     @torch.no_grad()
     def sample(

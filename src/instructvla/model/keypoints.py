@@ -45,7 +45,7 @@ class KeypointReadout(nn.Module):
         self.key = nn.Linear(feature_dim, key_dim)
         self.query = nn.Sequential(nn.Linear(cond_dim, key_dim * num_keypoints), nn.SiLU(),
                                    nn.Linear(key_dim * num_keypoints, key_dim * num_keypoints))
-        pos_dim = 2 + 4 * fourier
+        pos_dim = 2 + 4 * fourier  # encoding_dim
         self.token = nn.Sequential(nn.Linear(pos_dim + feature_dim, hidden_size), nn.SiLU(),
                                    nn.Linear(hidden_size, hidden_size))
         self.kind = nn.Parameter(torch.zeros(num_keypoints, hidden_size))  # which keypoint a token is
@@ -58,8 +58,16 @@ class KeypointReadout(nn.Module):
         queries = self.query(cond).view(b, self.num_keypoints, self.key_dim)
         return torch.einsum("bkd,bpd->bkp", queries, keys) / math.sqrt(self.key_dim)
 
-    def forward(self, features: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (B, P, F) of a square patch grid, cond (B, C) -> (uv (B, K, 2), tokens (B, K, hidden))."""
+    @property
+    def encoding_dim(self) -> int:
+        """Width of one keypoint's coordinate encoding (`encode`)."""
+        return 2 + 4 * self.fourier
+
+    def forward(self, features: torch.Tensor, cond: torch.Tensor, override: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features (B, P, F) of a square patch grid, cond (B, C) -> (predicted uv (B, K, 2), tokens (B, K, hidden),
+        the uv the tokens encode). `override` (B, K, 2): its finite entries replace the predicted coordinates in
+        the tokens (teacher forcing); the predicted uv is returned unchanged for the readout's own loss."""
         b, p, _ = features.shape
         grid = math.isqrt(p)
         if grid * grid != p:
@@ -68,9 +76,15 @@ class KeypointReadout(nn.Module):
         centres = patch_grid_centres(grid, features.device, features.dtype)
         uv = attn @ centres  # (B, K, 2)
         pooled = attn @ features  # (B, K, F)
-        return uv, self.token(torch.cat([self._encode(uv), pooled], dim=-1)) + self.kind
+        used = uv
+        if override is not None:
+            if tuple(override.shape) != tuple(uv.shape):
+                raise ValueError(f"keypoint override must have shape {tuple(uv.shape)}, got {tuple(override.shape)}")
+            used = torch.where(torch.isfinite(override), override.to(uv.dtype), uv)
+        return uv, self.token(torch.cat([self.encode(used), pooled], dim=-1)) + self.kind, used
 
-    def _encode(self, uv: torch.Tensor) -> torch.Tensor:
+    def encode(self, uv: torch.Tensor) -> torch.Tensor:
+        """(..., 2) coordinates -> (..., encoding_dim) Fourier features."""
         freqs = (2.0 ** torch.arange(self.fourier, device=uv.device, dtype=uv.dtype)) * math.pi
         args = uv[..., None] * freqs  # (B, K, 2, f)
         return torch.cat([uv, torch.sin(args).flatten(-2), torch.cos(args).flatten(-2)], dim=-1)

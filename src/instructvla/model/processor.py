@@ -27,6 +27,7 @@ from instructvla.model import tokenizer as tk
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+_TOK_CACHE_SIZE = 8192  # memoised tokenisations per processor
 ACTION_PROMPT = "What action should the robot take to {instr}?"
 THINK_PROMPT = "What action should the robot take to {instr}? First answer my question."
 
@@ -75,13 +76,23 @@ class VLAProcessor:
             if token not in vocab:
                 raise ValueError(f"tokenizer has no {token!r} token: the processor writes ChatML prompts")
         self.im_start, self.im_end = vocab[tk.IM_START], vocab[tk.IM_END]
+        self._tok_cache: dict[str, tuple[int, ...]] = {}
         self._nl = self._tok("\n")
         self._role = {r: [self.im_start] + self._tok(f"{r}\n") for r in ("system", "user", "assistant")}
         self._mean = torch.tensor(spec.image_mean).view(3, 1, 1)
         self._std = torch.tensor(spec.image_std).view(3, 1, 1)
 
     def _tok(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        """Token ids of `text` (memoised: training prompts repeat, and tokenising is a fifth of the collate)."""
+        if not text:
+            return []
+        ids = self._tok_cache.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._tok_cache) >= _TOK_CACHE_SIZE:
+                self._tok_cache.pop(next(iter(self._tok_cache)))  # oldest first
+            self._tok_cache[text] = ids
+        return list(ids)
 
     # ---- images -------------------------------------------------------------------------------------------------
     def check_images(self, images: Any, where: str = "images", any_views: bool = False) -> torch.Tensor:
@@ -230,8 +241,8 @@ class VLAProcessor:
                 kp = torch.as_tensor(np.asarray(sample["keypoints"], dtype=np.float32))
                 if kp.ndim != 2 or kp.shape[-1] != 2:
                     raise ValueError(f"keypoints must have shape (K, 2), got {tuple(kp.shape)}")
-                if not torch.isfinite(kp).all():
-                    raise ValueError("keypoints contain NaN or Inf")
+                if torch.isinf(kp).any():
+                    raise ValueError("keypoints contain Inf (NaN marks an unlabelled point)")
                 out["keypoints"] = kp
         return out
 

@@ -61,8 +61,14 @@ class TrainConfig:
     augment: bool = True  # image augmentation on robot frames
     noise_repeats: int = 1  # flow-matching (noise, time) draws per robot sample sharing one encoded prefix (1 = method)
     keypoints: bool = False  # train with the dataset's observation.keypoints labels (stage 1 adds a keypoint readout)
+    keypoint_loss_weight: float = 1.0  # stage 1: weight of the keypoint L1 loss next to the flow-matching loss
+    hide_held_target: bool = True  # no target keypoint label once the gripper has closed (the object is in hand)
+    keypoint_teacher_forcing: float = 0.0  # stage 1: share of samples whose keypoint tokens use the labels
+    keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) also bias every action token directly
     vision_tower: str = "dinov2"  # stage 1: action-expert vision tower, "dinov2" (method) | "conv" (FiLM CNN reading
     #                                the frames at image_size; learns to localise sooner when trained from scratch)
+    cameras: list[str] = field(default_factory=list)  # views to train on, primary first ("primary", "wrist" or full
+    #                                                    feature keys); empty = every camera of the dataset
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # robot-prompt ratios (stage 2; motion share: 1, 2)
     no_moe: bool = False  # ablation: one LoRA trained on everything (no expert split, no scale head)
     log_every: int = 10  # metrics line every N iterations
@@ -100,6 +106,12 @@ class TrainConfig:
         self.progress = _PROGRESS_ALIASES.get(str(self.progress).lower(), str(self.progress))
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if not math.isfinite(self.keypoint_loss_weight) or self.keypoint_loss_weight < 0:
+            raise ValueError(f"keypoint_loss_weight must be a finite number >= 0, got {self.keypoint_loss_weight}")
+        if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
+            raise ValueError(f"keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}")
+        if (self.keypoint_teacher_forcing > 0 or self.keypoint_action_bias) and not self.keypoints:
+            raise ValueError("keypoint_teacher_forcing / keypoint_action_bias need keypoints=true (labelled data)")
         if self.vision_tower not in ("dinov2", "conv"):
             raise ValueError(f"vision_tower must be 'dinov2' or 'conv', got {self.vision_tower!r}")
         if self.device not in DEVICES:

@@ -89,6 +89,9 @@ def _is_instructvla_dir(path: Path) -> bool:
 def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int) -> dict[str, Any]:
     out = {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
            "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints}
+    if num_keypoints:
+        out |= {"keypoint_teacher_forcing": cfg.keypoint_teacher_forcing, "keypoint_loss_weight": cfg.keypoint_loss_weight,
+                "keypoint_action_bias": cfg.keypoint_action_bias}
     if cfg.vision_tower == "conv":  # the CNN reads the frames at their own size
         out |= {"vision_tower": "conv", "image_size": cfg.image_size}
     return out
@@ -151,7 +154,8 @@ def build_robot_dataset(cfg: TrainConfig, image_size: int, stats: dict | None):
 
     robot = RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
                          augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
-                         mixture=cfg.mixture, keypoints=cfg.keypoints)
+                         mixture=cfg.mixture, keypoints=cfg.keypoints, cameras=cfg.cameras or None,
+                         hide_held_target=cfg.hide_held_target)
     if cfg.keypoints and robot.num_keypoints == 0:
         raise ValueError(f"keypoints: {cfg.dataset} has no {KEYPOINTS_KEY!r} labels for its primary camera "
                          "(collect with keypoints=true, or train with --keypoints=false)")
