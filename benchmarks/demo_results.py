@@ -21,6 +21,12 @@ def _suite(summary: dict[str, Any], prefix: str) -> str | None:
     return names[0] if names else None
 
 
+def _points(fraction: float | None) -> float | None:
+    """A difference of success/match rates in percentage points, rounded so that float noise (0.08 - 0.06 =
+    0.020000000000000004) cannot flip a comparison against a target."""
+    return None if fraction is None else round(100 * fraction, 6)
+
+
 def _get(summary: dict[str, Any] | None, key: str | None) -> float | None:
     if not summary or key is None:
         return None
@@ -69,12 +75,13 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     row("instruct Generalist / Expert", ratio, ">= 1.5", None if ratio is None else ratio >= 1.5)
     g_at, e_at = _get(generalist, f"{atomic}/overall"), _get(expert, f"{atomic}/overall")
     gap = None if g_at is None or e_at is None else e_at - g_at
-    row("atomic Expert - Generalist (points)", None if gap is None else 100 * gap, "<= 5", None if gap is None else gap <= 0.05)
+    gap_pts = _points(gap)
+    row("atomic Expert - Generalist (points)", gap_pts, "<= 5", None if gap_pts is None else gap_pts <= 5)
     for metric in ("exact_match", "embedding_cosine"):
         base = _get(stage0, f"vqa/{metric}")
         for label, ev in (("Generalist", generalist), ("no-MoE", nomoe)):
             val = _get(ev, f"vqa/{metric}")
-            drop = None if val is None or base is None else 100 * (base - val)
+            drop = None if val is None or base is None else _points(base - val)
             target = "<= 2" if label == "Generalist" else "> Generalist's drop"
             row(f"VQA {metric} drop vs stage 0, {label} (points)", drop, target, None)
     g_drop = next((r["value"] for r in rows if r["figure"] == "VQA exact_match drop vs stage 0, Generalist (points)"), None)

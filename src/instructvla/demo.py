@@ -71,10 +71,10 @@ PRESETS: dict[str, DemoPreset] = {
     # <= 20 minutes on 2 CPU cores: pick / place-on / move-near, tiny model, short schedules.
     "quick": DemoPreset(
         model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=300, multimodal_samples=150,
-        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=11.5, stage1_steps=100_000,
+        stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=12.5, stage1_steps=100_000,
         stage2_minutes=1.5, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
-        eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=40, vqa_max_new_tokens=24,
+        eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
         keypoint_teacher_forcing=0.5, keypoint_action_bias=True, cameras=("primary",),
     ),

@@ -1,0 +1,43 @@
+"""benchmarks/demo_results.py: figures and target checks from a hand-made demo results dict."""
+
+import importlib.util
+import pathlib
+
+_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "demo_results.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("demo_results", _SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results(stage0_em: float, generalist_em: float) -> dict:
+    def tasks(pick, place, move, drawer):
+        return {"atomic-quick/overall": (pick + place + move + drawer) / 4, "atomic-quick/task/atomic/pick_any": pick,
+                "atomic-quick/task/atomic/place_on_plate": place, "atomic-quick/task/atomic/move_near": move,
+                "atomic-quick/task/atomic/open_drawer": drawer}
+
+    return {"preset": "quick", "wall_seconds": 1000.0, "evaluations": {
+        "Stage-0 VLM": {"vqa/exact_match": stage0_em},
+        "Expert": {**tasks(0.75, 0.5, 0.625, 1.0), "instruct-quick/overall": 0.125, "vqa/exact_match": 0.0},
+        "Generalist": {**tasks(0.75, 0.5, 0.5, 1.0), "instruct-quick/overall": 0.25, "instruct-quick/seen": 0.25,
+                       "instruct-quick/heldout": 0.25, "vqa/exact_match": generalist_em},
+    }}
+
+
+def test_figures_and_targets():
+    rows = {r["figure"]: r for r in _load().figures(_results(0.08, 0.06))}
+    assert rows["wall clock (min)"]["met"] is True
+    fam = rows["Expert atomic success, pick/place_on/move_near"]
+    assert abs(fam["value"] - (0.75 + 0.5 + 0.625) / 3) < 1e-12 and fam["met"] is True
+    assert rows["Generalist atomic success, pick/place_on/move_near"]["met"] is False  # 0.583 < 0.60
+    assert rows["instruct Generalist / Expert"]["value"] == 2.0 and rows["instruct Generalist / Expert"]["met"]
+    assert rows["atomic Expert - Generalist (points)"]["value"] == 3.125
+    # 0.08 - 0.06 is 0.020000000000000004 in floating point: exactly 2 points still meets "<= 2"
+    drop = rows["VQA exact_match drop vs stage 0, Generalist (points)"]
+    assert drop["value"] == 2.0 and drop["met"] is True
+    assert rows["VQA exact_match drop vs stage 0, no-MoE (points)"]["value"] is None
+    worse = {r["figure"]: r for r in _load().figures(_results(0.08, 0.05))}
+    assert worse["VQA exact_match drop vs stage 0, Generalist (points)"]["met"] is False
