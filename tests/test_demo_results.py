@@ -1,17 +1,5 @@
 """benchmarks/demo_results.py: figures and target checks from a hand-made demo results dict."""
 
-import importlib.util
-import pathlib
-
-_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "demo_results.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("demo_results", _SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def _results(stage0_em: float, generalist_em: float) -> dict:
     def tasks(pick, place, move, drawer):
@@ -27,8 +15,9 @@ def _results(stage0_em: float, generalist_em: float) -> dict:
     }}
 
 
-def test_figures_and_targets():
-    rows = {r["figure"]: r for r in _load().figures(_results(0.08, 0.06))}
+def test_figures_and_targets(load_benchmark):
+    dr = load_benchmark("demo_results")
+    rows = {r["figure"]: r for r in dr.figures(_results(0.08, 0.06))}
     assert rows["wall clock (min)"]["met"] is True
     fam = rows["Expert atomic success, pick/place_on/move_near"]
     assert abs(fam["value"] - (0.75 + 0.5 + 0.625) / 3) < 1e-12 and fam["met"] is True
@@ -39,5 +28,5 @@ def test_figures_and_targets():
     drop = rows["VQA exact_match drop vs stage 0, Generalist (points)"]
     assert drop["value"] == 2.0 and drop["met"] is True
     assert rows["VQA exact_match drop vs stage 0, no-MoE (points)"]["value"] is None
-    worse = {r["figure"]: r for r in _load().figures(_results(0.08, 0.05))}
+    worse = {r["figure"]: r for r in dr.figures(_results(0.08, 0.05))}
     assert worse["VQA exact_match drop vs stage 0, Generalist (points)"]["met"] is False

@@ -1,8 +1,6 @@
 """benchmarks/visual_reliance.py: swap tests of a saved policy on a dataset's first frames."""
 
-import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
@@ -11,18 +9,9 @@ from instructvla.data.dataset import write_synthetic_dataset
 from instructvla.data.lerobot import LeRobotDatasetReader
 from instructvla.policy import Policy
 
-_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "visual_reliance.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("visual_reliance", _SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_swap_figures_on_a_saved_policy(tmp_path, capsys):
-    vr = _load()
+def test_swap_figures_on_a_saved_policy(tmp_path, capsys, load_benchmark):
+    vr = load_benchmark("visual_reliance")
     data = write_synthetic_dataset(tmp_path / "ds", num_episodes=4, length=8, image_size=32, cameras=("primary",))
     Policy.random_tiny().model.save_pretrained(tmp_path / "ckpt")
     res = vr.measure(str(tmp_path / "ckpt"), data, frames=10, steps=3)
@@ -44,8 +33,8 @@ def test_swap_figures_on_a_saved_policy(tmp_path, capsys):
     assert '"image_swap_change_m"' in last
 
 
-def test_needs_two_episodes(tmp_path):
-    vr = _load()
+def test_needs_two_episodes(tmp_path, load_benchmark):
+    vr = load_benchmark("visual_reliance")
     data = write_synthetic_dataset(tmp_path / "one", num_episodes=1, length=5, image_size=32, cameras=("primary",))
     Policy.random_tiny().model.save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="at least 2 episodes"):

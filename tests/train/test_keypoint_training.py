@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
@@ -96,11 +94,8 @@ def test_keypoint_mismatches_are_clear_errors(stage1, data, tmp_path):
                          init=str(plain_s1 / "model")), ONE)
 
 
-def test_visual_reliance_scores_keypoints(stage1, data):
-    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "visual_reliance.py"
-    spec = importlib.util.spec_from_file_location("visual_reliance", script)
-    vr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vr)
+def test_visual_reliance_scores_keypoints(stage1, data, load_benchmark):
+    vr = load_benchmark("visual_reliance")
     res = vr.measure(str(stage1 / "model"), data["robot"], frames=3, steps=2)
     assert res["keypoint_names"] == ["target", "destination", "gripper"]
     for key in ("keypoint_error", "keypoint_label_spread", "keypoint_instruction_swap_change"):
@@ -127,11 +122,8 @@ def test_teacher_forcing_action_bias_and_camera_choice(data, tmp_path):
         build_parts(_cfg(tmp_path / "bad", stage=1, dataset=data["robot"], cameras=["top"]), ONE)
 
 
-def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, capsys):
-    script = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "closed_loop_diagnostics.py"
-    spec = importlib.util.spec_from_file_location("closed_loop_diagnostics", script)
-    cd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cd)
+def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, load_benchmark):
+    cd = load_benchmark("closed_loop_diagnostics")
     for oracle in (False, True):
         res = cd.measure(str(stage1 / "model"), ["atomic/pick_any"], episodes=1, camera_size=32,
                          oracle_keypoints=oracle, verbose=False)

@@ -45,8 +45,7 @@ class KeypointReadout(nn.Module):
         self.key = nn.Linear(feature_dim, key_dim)
         self.query = nn.Sequential(nn.Linear(cond_dim, key_dim * num_keypoints), nn.SiLU(),
                                    nn.Linear(key_dim * num_keypoints, key_dim * num_keypoints))
-        pos_dim = 2 + 4 * fourier  # encoding_dim
-        self.token = nn.Sequential(nn.Linear(pos_dim + feature_dim, hidden_size), nn.SiLU(),
+        self.token = nn.Sequential(nn.Linear(self.encoding_dim + feature_dim, hidden_size), nn.SiLU(),
                                    nn.Linear(hidden_size, hidden_size))
         self.kind = nn.Parameter(torch.zeros(num_keypoints, hidden_size))  # which keypoint a token is
         nn.init.normal_(self.kind, std=0.02)
