@@ -64,6 +64,7 @@ class DemoPreset:
     keypoint_teacher_forcing: float = 0.0  # stage 1: share of samples whose keypoint tokens use the labels
     keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) bias every action token directly
     keypoint_loss_weight: float = 1.0  # stage 1: weight of the keypoint L1 loss
+    keypoint_heatmap_weight: float = 0.0  # stage 1: weight of the keypoint heat maps' cross-entropy at the labels
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
 
 
@@ -139,6 +140,7 @@ class DemoConfig:
     keypoint_teacher_forcing: float | None = None
     keypoint_action_bias: bool | None = None
     keypoint_loss_weight: float | None = None
+    keypoint_heatmap_weight: float | None = None
     cameras: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -233,6 +235,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         keypoint_teacher_forcing=p.keypoint_teacher_forcing if stage == 1 and p.keypoints else 0.0,
         keypoint_action_bias=p.keypoint_action_bias and stage == 1 and p.keypoints,
         keypoint_loss_weight=p.keypoint_loss_weight,
+        keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage == 1 and p.keypoints else 0.0,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

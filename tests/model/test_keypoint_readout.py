@@ -8,7 +8,7 @@ import torch
 
 from instructvla.data.augment import AugmentParams, apply_params, crop_keypoints
 from instructvla.model.action_expert import ActionExpert, ActionExpertConfig
-from instructvla.model.keypoints import KeypointReadout, patch_grid_centres
+from instructvla.model.keypoints import KeypointReadout, heatmap_cross_entropy, patch_grid_centres
 
 
 def test_patch_grid_centres_are_row_major_pixel_centres() -> None:
@@ -40,13 +40,13 @@ def test_readout_finds_a_conditioned_feature_after_training() -> None:
     gen = torch.Generator().manual_seed(1)
     for _ in range(300):
         feats, cond, target = batch(32, gen)
-        uv, _, _ = readout(feats, cond)
+        uv = readout(feats, cond).uv
         loss = (uv[:, 0] - target).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     feats, cond, target = batch(64, torch.Generator().manual_seed(2))
-    uv, tokens, _ = readout(feats, cond)
+    uv, tokens = readout(feats, cond)[:2]
     assert tokens.shape == (64, 1, 8)
     assert (uv[:, 0] - target).abs().mean() < 0.1  # patches are 0.25 apart
 
@@ -169,3 +169,42 @@ def test_keypoint_action_bias_cached_sampling_matches_full_recompute() -> None:
         ActionExpertConfig.preset("tiny", 16, keypoint_action_bias=True)
     with pytest.raises(ValueError, match="keypoint_teacher_forcing must be in"):
         ActionExpertConfig.preset("tiny", 16, keypoints=2, keypoint_teacher_forcing=1.5)
+
+
+def test_heatmap_cross_entropy_peaks_at_the_label_and_skips_unlabelled_points() -> None:
+    """Free logits trained on the loss put their peak on the patch holding the label; NaN labels add nothing."""
+    labels = torch.tensor([[[0.3, -0.6], [float("nan"), 0.0]]])  # second keypoint unlabelled
+    logits = torch.zeros(1, 2, 16, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=5.0)
+    for _ in range(50):
+        loss = heatmap_cross_entropy(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    centres = patch_grid_centres(4)
+    nearest = int((centres - labels[0, 0]).pow(2).sum(-1).argmin())
+    assert int(logits[0, 0].argmax()) == nearest
+    assert torch.equal(logits[0, 1], torch.zeros(16))  # the unlabelled map got no gradient
+    flat = heatmap_cross_entropy(torch.zeros(1, 2, 16), labels)
+    assert float(heatmap_cross_entropy(logits.detach(), labels)) < float(flat)
+    none = heatmap_cross_entropy(logits, torch.full((1, 2, 2), float("nan")))
+    assert float(none) == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="square patch grid"):
+        heatmap_cross_entropy(torch.zeros(1, 2, 15), labels)
+    with pytest.raises(ValueError, match="must have shape"):
+        heatmap_cross_entropy(torch.zeros(1, 2, 16), labels[:, :1])
+
+
+def test_expert_heatmap_term_only_with_its_weight() -> None:
+    g = torch.Generator().manual_seed(0)
+    lat, img = torch.randn(2, 4, 16, generator=g), torch.randn(2, 2, 3, 32, 32, generator=g)
+    act, kp = torch.randn(2, 8, 7, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    assert "keypoint_heatmap" not in _expert(keypoints=3).loss_terms(lat, img, None, act, keypoints=kp)
+    for repeats in (1, 2):  # the full-recompute and the shared-prefix training paths
+        m = _expert(keypoints=3, noise_repeats=repeats, keypoint_heatmap_weight=0.5)
+        terms = m.loss_terms(lat, img, None, act, keypoints=kp)
+        assert float(terms["keypoint_heatmap"]) > 0
+        terms["keypoint_heatmap"].backward()
+        assert m.keypoint_readout.key.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="keypoint_heatmap_weight"):
+        ActionExpertConfig.preset("tiny", 16, keypoints=2, keypoint_heatmap_weight=-1.0)

@@ -104,18 +104,23 @@ def test_visual_reliance_scores_keypoints(stage1, data, load_benchmark):
     assert res["keypoint_label_spread"][1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_teacher_forcing_action_bias_and_camera_choice(data, tmp_path):
+def test_teacher_forcing_action_bias_heatmap_loss_and_camera_choice(data, tmp_path):
     cfg = _cfg(tmp_path, stage=1, dataset=data["robot"], keypoint_teacher_forcing=0.5, keypoint_action_bias=True,
-               cameras=["primary"])
+               keypoint_heatmap_weight=0.5, cameras=["primary"])
     run_training(cfg, build_parts(cfg, ONE), ONE)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["kp_heatmap_loss"]) and x["kp_heatmap_loss"] > 0 for x in lines)
     model = InstructVLA.from_pretrained(tmp_path / "model")
     ae = model.action_expert.cfg
     assert ae.num_views == 1 and ae.keypoint_teacher_forcing == 0.5 and ae.keypoint_action_bias
+    assert ae.keypoint_heatmap_weight == 0.5
     assert model.action_expert.keypoint_bias is not None
     pol = Policy.from_pretrained(tmp_path / "model")
     assert not pol.request_spec.wrist_camera  # one view: the policy takes no wrist image
     out = pol.infer({"observation/image": np.zeros((32, 32, 3), np.uint8), "prompt": "pick up the block"})
     assert out["actions"].shape[0] == ae.chunk_size and np.isfinite(out["keypoints"]).all()
+    with pytest.raises(ValueError, match="keypoint_heatmap_weight must be"):
+        _cfg(tmp_path, stage=1, dataset=data["robot"], keypoint_heatmap_weight=float("nan"))
     with pytest.raises(ValueError, match="need keypoints=true"):
         _cfg(tmp_path, stage=1, dataset=data["robot"], keypoints=False, keypoint_action_bias=True)
     with pytest.raises(ValueError, match="'top' is not|unknown"):

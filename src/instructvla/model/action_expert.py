@@ -40,7 +40,7 @@ from instructvla.model.flow import (
     sinusoidal_time_embedding,
     target_velocity,
 )
-from instructvla.model.keypoints import KeypointReadout
+from instructvla.model.keypoints import KeypointReadout, heatmap_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class ActionExpertConfig:
         at inference they follow the readout. The readout keeps its own L1 loss either way.
     keypoint_action_bias: add an MLP of the keypoints' coordinates (and the state, with use_state) to every action
         token, a direct path from "where things are" to the actions besides attention to the keypoint tokens.
+    keypoint_heatmap_weight: with labels, weight of a cross-entropy of the readout's heat maps against a Gaussian bump
+        (half a patch wide) at each label (model/keypoints.py `heatmap_cross_entropy`); 0 = L1 only.
     """
 
     latent_dim: int
@@ -119,6 +121,7 @@ class ActionExpertConfig:
     keypoint_loss_weight: float = 1.0
     keypoint_teacher_forcing: float = 0.0
     keypoint_action_bias: bool = False
+    keypoint_heatmap_weight: float = 0.0
     head_widths: list[int] = field(
         default_factory=list
     )  # empty = scale method.md's 12288->3072->1536->384 ratios
@@ -204,6 +207,11 @@ class ActionExpertConfig:
         if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
             raise ValueError(
                 f"ActionExpertConfig.keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}"
+            )
+        if not math.isfinite(self.keypoint_heatmap_weight) or self.keypoint_heatmap_weight < 0:
+            raise ValueError(
+                "ActionExpertConfig.keypoint_heatmap_weight must be a finite number >= 0, "
+                f"got {self.keypoint_heatmap_weight}"
             )
         if self.keypoint_action_bias and not self.keypoints:
             raise ValueError("ActionExpertConfig.keypoint_action_bias needs a keypoint readout (keypoints=K > 0)")
@@ -332,6 +340,7 @@ class PrefixCache:
     n_state: int
     keypoints: torch.Tensor | None = None  # (B, K, 2) predicted keypoints when the expert has a keypoint readout
     action_bias: torch.Tensor | None = None  # (B, d) added to every action token (keypoint_action_bias)
+    keypoint_logits: torch.Tensor | None = None  # (B, K, P) the readout's heat-map scores
     # Per-prefix constants of the inference fast path (RoPE tables, K/V buffers), built on the first no-grad
     # `velocity` call.
     step: tuple[CachedStepPlan, _StepInputWeights] | None = field(default=None, repr=False, compare=False)
@@ -486,19 +495,19 @@ class ActionExpert(nn.Module):
     def _embed_prefix(
         self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None,
         keypoints_override: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, int, int, int, torch.Tensor | None, torch.Tensor | None]:
-        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes, the predicted keypoints
-        and the per-sample action bias. `keypoints_override` (B, K, 2): finite entries replace the predicted
+    ) -> tuple[torch.Tensor, int, int, int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes, the predicted keypoints,
+        the per-sample action bias and the keypoint heat-map logits. `keypoints_override` (B, K, 2): finite entries replace the predicted
         coordinates in the keypoint tokens and the action bias (teacher forcing)."""
         self._check_prefix_inputs(latents, images, state)
         if keypoints_override is not None and self.keypoint_readout is None:
             raise ValueError("keypoints_override needs an action expert with a keypoint readout (keypoints=K > 0)")
         feats = self._view_features(latents, images)
         vis = [self.vision_proj(self._order_views(self._pool(feats)))]
-        uv = bias = None
+        uv = bias = logits = None
         if self.keypoint_readout is not None:  # keypoints of the primary (first) view, queried by c-bar
-            uv, kp_tokens, used = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype),
-                                                        override=keypoints_override)
+            uv, kp_tokens, used, logits = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype),
+                                                                override=keypoints_override)
             vis.append(kp_tokens)
             if self.keypoint_bias is not None:
                 inputs = [self.keypoint_readout.encode(used).flatten(1)]
@@ -511,7 +520,7 @@ class ActionExpert(nn.Module):
         if self.state_proj is not None:
             parts.append(self.state_proj(state.to(self._dtype))[:, None])
         n_state = 1 if self.state_proj is not None else 0
-        return torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state, uv, bias
+        return torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state, uv, bias, logits
 
     def embed_actions(self, noisy_actions: torch.Tensor, t: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -547,12 +556,12 @@ class ActionExpert(nn.Module):
         replace the predicted coordinates the keypoint tokens and action bias read (teacher forcing in training;
         oracle keypoints in diagnostics); `PrefixCache.keypoints` stays the prediction.
         """
-        embeds, nv, nl, ns, uv, bias = self._embed_prefix(latents, images, state, keypoints_override)
+        embeds, nv, nl, ns, uv, bias, logits = self._embed_prefix(latents, images, state, keypoints_override)
         if self.cfg.attention != "hard":
-            return PrefixCache(embeds, None, None, nv, nl, ns, keypoints=uv, action_bias=bias)
+            return PrefixCache(embeds, None, None, nv, nl, ns, keypoints=uv, action_bias=bias, keypoint_logits=logits)
         mask = self._mask(nv, nl, ns, 0, embeds)
         _, keys, values = self.transformer(embeds, mask=mask)
-        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv, action_bias=bias)
+        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv, action_bias=bias, keypoint_logits=logits)
 
     def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
@@ -661,15 +670,15 @@ class ActionExpert(nn.Module):
         noisy_actions: torch.Tensor,
         t: torch.Tensor,
         keypoints_override: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        embeds, nv, nl, ns, uv, bias = self._embed_prefix(latents, images, state, keypoints_override)
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        embeds, nv, nl, ns, uv, bias, logits = self._embed_prefix(latents, images, state, keypoints_override)
         b = embeds.shape[0]
         self._check_actions("noisy_actions", noisy_actions, b)
         self._check_time(t, b)
         act = self.embed_actions(noisy_actions, t, bias)
         seq = torch.cat([embeds, act], dim=1)
         hidden, _, _ = self.transformer(seq, mask=self._mask(nv, nl, ns, act.shape[1], seq))
-        return self._head(hidden), uv
+        return self._head(hidden), uv, logits
 
     def loss(
         self,
@@ -698,8 +707,9 @@ class ActionExpert(nn.Module):
         keypoints: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"fm": flow-matching loss (see `loss`)} plus, when `keypoints` labels (B, K, 2) are given and the expert
-        has a keypoint readout, {"keypoint": mean L1 error of the predicted keypoints}. Non-finite label entries
-        (a point the labeller could not place) are left out of the mean."""
+        has a keypoint readout, {"keypoint": mean L1 error of the predicted keypoints} and, with
+        keypoint_heatmap_weight > 0, {"keypoint_heatmap": the heat maps' cross-entropy}. Non-finite label entries
+        (a point the labeller could not place) are left out of the means."""
         b = actions.shape[0] if actions.ndim >= 1 else 0
         self._check_actions("actions", actions, b)
         if action_is_pad is not None and tuple(action_is_pad.shape) != (b, self.cfg.chunk_size):
@@ -728,9 +738,9 @@ class ActionExpert(nn.Module):
             shared = PrefixCache(prefix.embeds.repeat(k, 1, 1), [x.repeat(k, 1, 1, 1) for x in prefix.keys],
                                  [x.repeat(k, 1, 1, 1) for x in prefix.values], prefix.n_visual, prefix.n_latent,
                                  prefix.n_state, action_bias=bias)
-            velocity, uv = self._velocity(shared, xt, t), prefix.keypoints
+            velocity, uv, logits = self._velocity(shared, xt, t), prefix.keypoints, prefix.keypoint_logits
         else:
-            velocity, uv = self._forward(latents, images, state, xt, t, override)
+            velocity, uv, logits = self._forward(latents, images, state, xt, t, override)
         err = (velocity.float() - target.float()).pow(2)
         if self.cfg.loss_ignore_padding and action_is_pad is not None:
             keep = (~action_is_pad.bool()).repeat(k, 1).to(err.dtype)[..., None].expand_as(err)
@@ -742,6 +752,8 @@ class ActionExpert(nn.Module):
             valid = torch.isfinite(labels)
             diff = (uv.float() - torch.nan_to_num(labels)).abs() * valid
             out["keypoint"] = diff.sum() / valid.sum().clamp_min(1)
+            if self.cfg.keypoint_heatmap_weight > 0 and logits is not None:
+                out["keypoint_heatmap"] = heatmap_cross_entropy(logits, labels)
         return out
 
     def _teacher_keypoints(self, keypoints: torch.Tensor | None, batch: int,

@@ -274,14 +274,17 @@ class InstructVLA(nn.Module):
                 # labels are over the whole frame; the expert sees its centre crop, where positions scale by 1/ratio
                 keypoints=None if kp is None else kp.to(dev)[rows] / ae.cfg.center_crop_ratio,
             )
-            fm_loss, kp_loss = terms["fm"], terms.get("keypoint")
+            fm_loss, kp_loss, hm_loss = terms["fm"], terms.get("keypoint"), terms.get("keypoint_heatmap")
         else:
-            fm_loss, kp_loss = torch.zeros((), device=dev), None
+            fm_loss, kp_loss, hm_loss = torch.zeros((), device=dev), None, None
         loss = self.config.fm_weight * fm_loss + self.config.lm_weight * lm_loss
         out = {"loss": loss, "fm_loss": fm_loss, "lm_loss": lm_loss}
         if kp_loss is not None:
             out["loss"] = loss + self.action_expert.cfg.keypoint_loss_weight * kp_loss
             out["kp_loss"] = kp_loss
+        if hm_loss is not None:
+            out["loss"] = out["loss"] + self.action_expert.cfg.keypoint_heatmap_weight * hm_loss
+            out["kp_heatmap_loss"] = hm_loss
         return out
 
     # ---- inference -----------------------------------------------------------------------------------------------

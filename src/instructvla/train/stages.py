@@ -91,7 +91,7 @@ def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int) -> d
            "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints}
     if num_keypoints:
         out |= {"keypoint_teacher_forcing": cfg.keypoint_teacher_forcing, "keypoint_loss_weight": cfg.keypoint_loss_weight,
-                "keypoint_action_bias": cfg.keypoint_action_bias}
+                "keypoint_action_bias": cfg.keypoint_action_bias, "keypoint_heatmap_weight": cfg.keypoint_heatmap_weight}
     if cfg.vision_tower == "conv":  # the CNN reads the frames at their own size
         out |= {"vision_tower": "conv", "image_size": cfg.image_size}
     return out
