@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1000, help="evaluation seed (the demo evaluates with seed + 1000)")
     ap.add_argument("--camera-size", type=int, default=96)
-    ap.add_argument("--open-loop-k", type=int, default=4)
+    ap.add_argument("--open-loop-k", type=int, default=12, help="actions executed per chunk (the quick demo's 12)")
     ap.add_argument("--noise-scale", type=float, default=0.0)
     ap.add_argument("--center-crop-area", type=float, default=0.9)
     ap.add_argument("--oracle-keypoints", action="store_true", help="feed the simulator's keypoints to the expert")

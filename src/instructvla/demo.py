@@ -65,19 +65,21 @@ class DemoPreset:
     keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) bias every action token directly
     keypoint_loss_weight: float = 1.0  # stage 1: weight of the keypoint L1 loss
     keypoint_heatmap_weight: float = 0.0  # stage 1: weight of the keypoint heat maps' cross-entropy at the labels
+    object_keypoint_weight: float = 0.0  # stage 1: weight of the dense every-object grounding labels (0 = off)
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
 
 
 PRESETS: dict[str, DemoPreset] = {
     # <= 20 minutes on 2 CPU cores: pick / place-on / move-near, tiny model, short schedules.
     "quick": DemoPreset(
-        model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=300, multimodal_samples=150,
+        model_preset="tiny", camera_size=96, image_size=96, num_queries=16, collect_suite="atomic-quick", episodes=900, multimodal_samples=150,
         stage0_minutes=1.5, stage0_steps=100_000, stage1_minutes=12.5, stage1_steps=100_000,
         stage2_minutes=1.5, stage2_steps=100_000, batch_size=16, mm_batch_size=4, lr=1e-3, noise_repeats=4,
         eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=8, eval_max_steps=None,
-        eval_execution="open_loop", open_loop_k=4, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
+        eval_execution="open_loop", open_loop_k=12, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
-        keypoint_teacher_forcing=0.5, keypoint_action_bias=True, cameras=("primary",),
+        keypoint_teacher_forcing=0.5, keypoint_action_bias=True, keypoint_heatmap_weight=1.0, object_keypoint_weight=1.0,
+        cameras=("primary",),
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -141,6 +143,7 @@ class DemoConfig:
     keypoint_action_bias: bool | None = None
     keypoint_loss_weight: float | None = None
     keypoint_heatmap_weight: float | None = None
+    object_keypoint_weight: float | None = None
     cameras: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -236,6 +239,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         keypoint_action_bias=p.keypoint_action_bias and stage == 1 and p.keypoints,
         keypoint_loss_weight=p.keypoint_loss_weight,
         keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage == 1 and p.keypoints else 0.0,
+        object_keypoint_weight=p.object_keypoint_weight if stage == 1 and p.keypoints else 0.0,
         time_limit_s=minutes * 60.0, log_every=20,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

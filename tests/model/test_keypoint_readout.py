@@ -208,3 +208,30 @@ def test_expert_heatmap_term_only_with_its_weight() -> None:
         assert m.keypoint_readout.key.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="keypoint_heatmap_weight"):
         ActionExpertConfig.preset("tiny", 16, keypoints=2, keypoint_heatmap_weight=-1.0)
+
+
+def test_object_queries_train_on_dense_labels_in_training_mode_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    lat, img = torch.randn(2, 4, 16, generator=g), torch.randn(2, 2, 3, 32, 32, generator=g)
+    act, kp = torch.randn(2, 8, 7, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    objects = torch.rand(2, 5, 2, generator=g) * 2 - 1
+    objects[0, 1:] = float("nan")  # absent objects
+    for repeats in (1, 2):
+        m = _expert(keypoints=3, noise_repeats=repeats, object_keypoints=5)
+        terms = m.loss_terms(lat, img, None, act, keypoints=kp, object_keypoints=objects)
+        assert float(terms["object_keypoint"]) > 0
+        terms["object_keypoint"].backward()
+        ro = m.keypoint_readout
+        assert ro.object_queries.grad.abs().sum() > 0 and ro.key.weight.grad.abs().sum() > 0
+        assert ro.object_logits(torch.randn(2, 16, 64)).shape == (2, 5, 16)
+    with pytest.raises(ValueError, match="object_keypoints labels must have shape"):
+        m.loss_terms(lat, img, None, act, keypoints=kp, object_keypoints=objects[:, :4])
+    m.eval()  # inference never runs the object queries
+    assert "object_keypoint" not in m.loss_terms(lat, img, None, act, keypoints=kp, object_keypoints=objects)
+    assert m.encode_prefix(lat, img).object_logits is None
+    with pytest.raises(ValueError, match="no object queries"):
+        KeypointReadout(1, 4, 2, 8).object_logits(torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match="object_keypoints needs a keypoint readout"):
+        ActionExpertConfig.preset("tiny", 16, object_keypoints=3)
+    with pytest.raises(ValueError, match="object_keypoints must be an int"):
+        ActionExpertConfig.preset("tiny", 16, keypoints=2, object_keypoints=True)

@@ -6,10 +6,17 @@ import mujoco
 import numpy as np
 import pytest
 
-from instructvla.data.lerobot import KEYPOINT_NAMES, KEYPOINTS_KEY, LeRobotDatasetReader, robot_features
+from instructvla.data.lerobot import (
+    KEYPOINT_NAMES,
+    KEYPOINTS_KEY,
+    OBJECT_KEYPOINTS_KEY,
+    OBJECT_VISIBLE_KEY,
+    LeRobotDatasetReader,
+    robot_features,
+)
 from instructvla.sim.camera import project_points, to_pixels
 from instructvla.sim.collect import CollectConfig, collect
-from instructvla.sim.env import make_env
+from instructvla.sim.env import make_env, object_keypoint_names
 from instructvla.sim.scene import PRIMARY_CAMERA_LOOK_AT, PRIMARY_CAMERA_POS
 
 SIZE = 128
@@ -177,3 +184,27 @@ def test_collect_writes_keypoints(tmp_path):
         CollectConfig(**(cfg.__dict__ | {"out": str(tmp_path / "ds2"), "episodes": 1, "keypoints": False}))
     )
     assert KEYPOINTS_KEY not in LeRobotDatasetReader(res2.out).features
+    assert OBJECT_KEYPOINTS_KEY not in LeRobotDatasetReader(res2.out).features
+    # dense labels: every known object's point, 0 and invisible where it is not in the scene
+    names = object_keypoint_names()
+    assert r.features[OBJECT_VISIBLE_KEY]["names"] == list(names)
+    obj, vis = r.column(OBJECT_KEYPOINTS_KEY).reshape(len(r), -1, 2), r.column(OBJECT_VISIBLE_KEY)
+    assert obj.shape == (len(r), len(names), 2) and set(np.unique(vis)) <= {0.0, 1.0}
+    assert (obj[vis == 0] == 0).all()
+    first = r.episode_slice(0).start
+    apple = names.index("apple")
+    assert vis[first, apple] == 1 and np.allclose(obj[first, apple], kp[first, :2], atol=1e-6)
+    assert vis[r.episode_slice(1).start, names.index("plate")] == 1  # place_on has a plate
+
+
+def test_object_keypoints_cover_the_scene(envs):
+    env = envs("move_near/any")
+    env.reset(seed=3)
+    names = object_keypoint_names()
+    obj = env.object_keypoints().reshape(-1, 2)
+    assert obj.shape == (len(names), 2) and obj.dtype == np.float32
+    present = {n for n, p in zip(names, obj) if np.isfinite(p).all()}
+    assert present == set(env.scene.active) | {f for f in ("plate", "bowl") if getattr(env.scene.layout, f)}
+    args, kp = env.task.args, env.keypoints().reshape(3, 2)
+    np.testing.assert_allclose(obj[names.index(args["target"])], kp[0], atol=1e-6)
+    np.testing.assert_allclose(obj[names.index(args["destination"])], kp[1], atol=1e-6)

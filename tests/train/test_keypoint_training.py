@@ -144,3 +144,44 @@ def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, load_
     assert s["success_rate"] == 0.5 and s["reached_within_2cm"] == 0.5 and s["closed_rate"] == 0.5
     assert s["median_min_dxy_cm"] == 5.0 and s["median_close_dz_cm"] == 2.0
     assert s["target_kp_err"] == pytest.approx(0.2)
+
+
+def test_dense_object_labels_train_object_queries(tmp_path):
+    robot = write_synthetic_dataset(tmp_path / "robot", num_episodes=2, length=6, image_size=32, keypoints=True,
+                                    object_keypoints=True)
+    ds = RobotDataset(robot, image_size=32, augment=True, seed=1)
+    assert ds.num_object_keypoints == 2
+    obj = ds[3]["object_keypoints"]
+    assert obj.shape == (2, 2) and np.isfinite(obj[0]).all() and np.isnan(obj[1]).all()  # the ghost is absent
+    assert RobotDataset(robot, image_size=32, object_keypoints=False).num_object_keypoints == 0
+    cfg = _cfg(tmp_path / "s1", stage=1, dataset=robot, object_keypoint_weight=0.5, keypoint_heatmap_weight=0.5)
+    run_training(cfg, build_parts(cfg, ONE), ONE)
+    lines = [json.loads(x) for x in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["object_kp_loss"]) and x["object_kp_loss"] > 0 for x in lines)
+    ae = InstructVLA.from_pretrained(tmp_path / "s1" / "model").action_expert
+    assert ae.cfg.object_keypoints == 2 and ae.cfg.object_keypoint_weight == 0.5
+    plain = write_synthetic_dataset(tmp_path / "plain", num_episodes=2, length=6, image_size=32, keypoints=True)
+    with pytest.raises(ValueError, match="no 'observation.object_keypoints' labels"):
+        build_parts(_cfg(tmp_path / "bad", stage=1, dataset=plain, object_keypoint_weight=1.0), ONE)
+    with pytest.raises(ValueError, match="object_keypoint_weight must be"):
+        _cfg(tmp_path, stage=1, dataset=robot, object_keypoint_weight=-1.0)
+
+
+def test_corrupt_object_labels_are_clear_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    robot = write_synthetic_dataset(tmp_path / "robot", num_episodes=1, length=4, image_size=32, keypoints=True,
+                                    object_keypoints=True)
+    path = next((tmp_path / "robot" / "data").rglob("*.parquet"))
+    tab = pq.read_table(path)
+    col = tab.schema.get_field_index("observation.object_visible")
+    bad = tab.column(col).to_pylist()
+    bad[0] = [0.5, 0.0]
+    pq.write_table(tab.set_column(col, tab.schema.field(col), pa.array(bad, tab.schema.field(col).type)), path)
+    stats_path = tmp_path / "robot" / "meta" / "stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["observation.object_visible"]["min"] = [0.5, 0.0]  # consistent stats: the label check must catch it
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match="object_visible 0 or 1"):
+        RobotDataset(robot, image_size=32)

@@ -18,7 +18,12 @@ from torch.utils.data import Dataset, Sampler
 
 from instructvla.data.augment import AugmentConfig, apply_params, crop_keypoints, resize_images, sample_params
 from instructvla.data.chunks import action_chunk, padding_value
-from instructvla.data.lerobot import KEYPOINTS_KEY, LeRobotDatasetReader
+from instructvla.data.lerobot import (
+    KEYPOINTS_KEY,
+    OBJECT_KEYPOINTS_KEY,
+    OBJECT_VISIBLE_KEY,
+    LeRobotDatasetReader,
+)
 from instructvla.data.mixture import MixtureConfig, sample_conversation
 from instructvla.data.multimodal import MultimodalDataset
 from instructvla.data.normalize import compute_norm_stats, normalize, validate_stats
@@ -67,13 +72,17 @@ class RobotDataset(Dataset):
                  (open) gripper to the end of its episode. The object is in the hand by then; labelled there (half of all frames),
                  the readout learns "the target is at the gripper", which in closed loop, with the gripper away from
                  the object, tells the policy it has arrived.
+    object_keypoints: attach `observation.object_keypoints` ((M, 2) positions of every known object in the primary
+                 view, NaN where `observation.object_visible` says it is absent; moved with the crop like keypoints)
+                 as "object_keypoints" when the dataset has them (dense grounding labels).
     """
 
     def __init__(self, root: str | os.PathLike, stage: int = 1, chunk_size: int = 16, use_state: bool = False,
                  augment: bool = True, stats: Mapping[str, Any] | None = None, seed: int = 0,
                  cameras: Sequence[str] | None = None, image_size: int = 224, mixture: MixtureConfig | None = None,
                  augment_cfg: AugmentConfig | None = None, episodes: Sequence[int] | None = None,
-                 cache_bytes: int = 2 << 30, keypoints: bool = True, hide_held_target: bool = True):
+                 cache_bytes: int = 2 << 30, keypoints: bool = True, hide_held_target: bool = True,
+                 object_keypoints: bool = True):
         if stage not in (0, 1, 2):
             raise ValueError(f"stage must be 0, 1 or 2, got {stage!r}")
         if chunk_size < 1:
@@ -112,6 +121,9 @@ class RobotDataset(Dataset):
             self._keypoints = kp.reshape(len(kp), -1, 2)
             if hide_held_target:
                 self._keypoints = _hide_held_target(self._keypoints, r.column(ACTION_KEY), r)
+        self._objects = None
+        if object_keypoints and OBJECT_KEYPOINTS_KEY in r.features and self.cameras[0].endswith("primary"):
+            self._objects = _object_labels(r, root)
         self._frames = _frames_of(r, episodes)
         if stage == 2 and not r.annotations:
             logger.warning("%s: stage 2 without meta/vla_it.jsonl: every sample falls back to plain action", root)
@@ -123,6 +135,11 @@ class RobotDataset(Dataset):
     def num_keypoints(self) -> int:
         """Keypoint labels per frame that samples carry (0 = none)."""
         return 0 if self._keypoints is None else self._keypoints.shape[1]
+
+    @property
+    def num_object_keypoints(self) -> int:
+        """Objects with dense position labels per frame that samples carry (0 = none)."""
+        return 0 if self._objects is None else self._objects.shape[1]
 
     def __getitem__(self, k: int) -> Sample:
         k = int(k)
@@ -138,11 +155,14 @@ class RobotDataset(Dataset):
         actions, is_pad = action_chunk(self._actions[sl], fi, self.chunk_size, self._pad)
         views = [r.image(ep, fi, cam) for cam in self.cameras]
         keypoints = None if self._keypoints is None else self._keypoints[row]
+        objects = None if self._objects is None else self._objects[row]
         if self.augment:
             params = sample_params(rng, self.augment_cfg)
             images = np.concatenate([apply_params(v[None], params, self.image_size) for v in views])
             if keypoints is not None:  # labels are primary-view positions: move them with the crop
                 keypoints = crop_keypoints(keypoints, params, *views[0].shape[:2])
+            if objects is not None:
+                objects = crop_keypoints(objects, params, *views[0].shape[:2])
         else:
             images = np.concatenate([resize_images(v[None], self.image_size) for v in views])
         primitive = str(self._motion[row]) if self._motion is not None else None
@@ -155,6 +175,8 @@ class RobotDataset(Dataset):
             sample["state"] = self._states[row]
         if keypoints is not None:
             sample["keypoints"] = keypoints
+        if objects is not None:
+            sample["object_keypoints"] = objects
         return sample
 
 
@@ -217,6 +239,22 @@ def collate_samples(batch: list[Sample]) -> list[Sample]:
     return list(batch)
 
 
+def _object_labels(reader: Any, root: Any) -> np.ndarray:
+    """(N, M, 2) float32 object positions, NaN where `observation.object_visible` is 0; clear errors otherwise."""
+    kp = np.asarray(reader.column(OBJECT_KEYPOINTS_KEY), dtype=np.float32)
+    if OBJECT_VISIBLE_KEY not in reader.features:
+        raise ValueError(f"{root}: {OBJECT_KEYPOINTS_KEY} needs its {OBJECT_VISIBLE_KEY!r} feature")
+    vis = np.asarray(reader.column(OBJECT_VISIBLE_KEY), dtype=np.float32)
+    if kp.ndim != 2 or vis.ndim != 2 or kp.shape != (len(vis), 2 * vis.shape[1]):
+        raise ValueError(f"{root}: {OBJECT_KEYPOINTS_KEY} {kp.shape} must hold 2 values per object of "
+                         f"{OBJECT_VISIBLE_KEY} {vis.shape}")
+    if not np.isfinite(kp).all() or not np.isin(vis, (0.0, 1.0)).all():
+        raise ValueError(f"{root}: {OBJECT_KEYPOINTS_KEY} must be finite and {OBJECT_VISIBLE_KEY} 0 or 1")
+    out = kp.reshape(len(kp), -1, 2).copy()
+    out[vis < 0.5] = np.nan
+    return out
+
+
 def _hide_held_target(keypoints: np.ndarray, actions: np.ndarray, reader: Any) -> np.ndarray:
     """(N, K, 2) labels with the target's (index 0) set to NaN from each episode's first open -> closed gripper
     command on (gripper command: 1 open, 0 closed; an episode that starts closed holds nothing until it opens)."""
@@ -233,11 +271,13 @@ def _hide_held_target(keypoints: np.ndarray, actions: np.ndarray, reader: Any) -
 
 def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, length: int | Sequence[int] = 20,
                             image_size: int = 32, cameras: Sequence[str] = ("primary", "wrist"), fps: int = 10,
-                            seed: int = 0, annotations: bool = True, video: Any = None, keypoints: bool = False) -> str:
+                            seed: int = 0, annotations: bool = True, video: Any = None, keypoints: bool = False,
+                            object_keypoints: bool = False) -> str:
     """Write a tiny synthetic LeRobot dataset (smooth moving-square videos, random-walk actions/states, motion
     words, one VLA-IT record per episode) for tests and smoke runs. keypoints: also write `observation.keypoints`
-    (the primary view's square centre as the target, a fixed destination, the square's corner as the gripper).
-    Returns the root as a string."""
+    (the primary view's square centre as the target, a fixed destination, the square's corner as the gripper);
+    object_keypoints: also dense labels of two objects, the square (always there) and a "ghost" that is never in
+    the scene. Returns the root as a string."""
     from instructvla.data.lerobot import LeRobotDatasetWriter, robot_features, write_annotations
 
     rng = np.random.default_rng(seed)
@@ -245,7 +285,8 @@ def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, leng
     if len(lengths) != num_episodes:
         raise ValueError(f"length has {len(lengths)} entries for {num_episodes} episodes")
     words = ("move forward", "move left, close gripper", "move up", "stop")
-    feats = robot_features({c: (image_size, image_size) for c in cameras}, keypoints=keypoints)
+    feats = robot_features({c: (image_size, image_size) for c in cameras}, keypoints=keypoints,
+                           object_names=("square", "ghost") if object_keypoints else ())
     yy, xx = np.mgrid[0:image_size, 0:image_size]
     records = []
     with LeRobotDatasetWriter(root, fps, feats, video=video, overwrite=True) as w:
@@ -268,12 +309,16 @@ def write_synthetic_dataset(root: str | os.PathLike, num_episodes: int = 3, leng
             state = np.cumsum(rng.normal(0, 0.01, (T, 8)), 0).astype(np.float32)
             frames |= {"action": act, "observation.state": state,
                        "language_motion": [words[int(i)] for i in rng.integers(0, len(words), T)]}
+            cx = (image_size // 4 + np.arange(T) * 2) % image_size  # the primary view's square centre column
+            u = 2.0 * (cx + 0.5) / image_size - 1.0
+            v = np.full(T, 2.0 * (image_size // 2 + 0.5) / image_size - 1.0)
             if keypoints:
-                cx = (image_size // 4 + np.arange(T) * 2) % image_size  # the primary view's square centre column
-                u = 2.0 * (cx + 0.5) / image_size - 1.0
-                v = np.full(T, 2.0 * (image_size // 2 + 0.5) / image_size - 1.0)
                 frames[KEYPOINTS_KEY] = np.stack([u, v, np.full(T, 0.5), np.full(T, -0.5),
                                                  u - 1.0 / 3.0, v - 1.0 / 3.0], axis=1).astype(np.float32)
+            if object_keypoints:
+                zero = np.zeros(T)
+                frames[OBJECT_KEYPOINTS_KEY] = np.stack([u, v, zero, zero], axis=1).astype(np.float32)
+                frames[OBJECT_VISIBLE_KEY] = np.stack([np.ones(T), zero], axis=1).astype(np.float32)
             w.add_episode(frames, ("pick up the red block", "put the apple on the plate")[ep % 2])
             records.append({"episode_index": ep, "frame_index": 0, "caption": f"A table with {ep + 1} objects.",
                             "qa": [{"question": "How many objects are on the table?", "answer": str(ep + 1)}],

@@ -54,6 +54,9 @@ DEFAULT_FEATURES: dict[str, dict] = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 KEYPOINTS_KEY = "observation.keypoints"  # optional per-frame 2-D keypoints in the primary camera (sim/env.py)
+# optional per-frame (u, v) of every known object in the primary camera (0 where absent) and whether each is in view
+OBJECT_KEYPOINTS_KEY = "observation.object_keypoints"
+OBJECT_VISIBLE_KEY = "observation.object_visible"
 KEYPOINT_NAMES = ("target_u", "target_v", "destination_u", "destination_v", "gripper_u", "gripper_v")
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 REQUIRED_INFO_KEYS = ("codebase_version", "fps", "features", "total_episodes", "total_frames", "data_path")
@@ -343,9 +346,12 @@ def robot_features(
     action_names: Sequence[str] = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
     language_motion: bool = True,
     keypoints: bool = False,
+    object_names: Sequence[str] = (),
 ) -> dict[str, dict]:
-    """Feature dict for a robot dataset: `observation.images.<cam>` videos, state, action, optional motion text and
-    optional `observation.keypoints` (6 floats: target, destination and gripper (u, v) in the primary camera)."""
+    """Feature dict for a robot dataset: `observation.images.<cam>` videos, state, action, optional motion text,
+    optional `observation.keypoints` (6 floats: target, destination and gripper (u, v) in the primary camera) and,
+    with `object_names`, `observation.object_keypoints` (each named object's (u, v) there, 0 where absent) with
+    `observation.object_visible` (1.0 where the object is in the scene, else 0.0)."""
     feats: dict[str, dict] = {}
     for cam, (h, w) in cameras.items():
         feats[f"observation.images.{cam}"] = {"dtype": "video", "shape": [h, w, 3],
@@ -356,6 +362,10 @@ def robot_features(
         feats["language_motion"] = {"dtype": "string", "shape": [1], "names": None}
     if keypoints:
         feats[KEYPOINTS_KEY] = {"dtype": "float32", "shape": [len(KEYPOINT_NAMES)], "names": list(KEYPOINT_NAMES)}
+    if object_names:
+        feats[OBJECT_KEYPOINTS_KEY] = {"dtype": "float32", "shape": [2 * len(object_names)],
+                                       "names": [f"{n}_{c}" for n in object_names for c in "uv"]}
+        feats[OBJECT_VISIBLE_KEY] = {"dtype": "float32", "shape": [len(object_names)], "names": list(object_names)}
     return feats
 
 

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,10 @@ class ActionExpertConfig:
         token, a direct path from "where things are" to the actions besides attention to the keypoint tokens.
     keypoint_heatmap_weight: with labels, weight of a cross-entropy of the readout's heat maps against a Gaussian bump
         (half a patch wide) at each label (model/keypoints.py `heatmap_cross_entropy`); 0 = L1 only.
+    object_keypoints: 0 or M > 0 (keypoint readout only): M learned object queries that place every known object on
+        the primary view in training, from dense labels (B, M, 2) (`observation.object_keypoints`), by the heat-map
+        cross-entropy weighted `object_keypoint_weight`. They shape the features the readout's keys are made of to
+        tell objects apart in every frame, not only the instructed one; inference does not run them.
     """
 
     latent_dim: int
@@ -122,6 +126,8 @@ class ActionExpertConfig:
     keypoint_teacher_forcing: float = 0.0
     keypoint_action_bias: bool = False
     keypoint_heatmap_weight: float = 0.0
+    object_keypoints: int = 0
+    object_keypoint_weight: float = 1.0
     head_widths: list[int] = field(
         default_factory=list
     )  # empty = scale method.md's 12288->3072->1536->384 ratios
@@ -213,6 +219,14 @@ class ActionExpertConfig:
                 "ActionExpertConfig.keypoint_heatmap_weight must be a finite number >= 0, "
                 f"got {self.keypoint_heatmap_weight}"
             )
+        if isinstance(self.object_keypoints, bool) or not isinstance(self.object_keypoints, int) \
+                or self.object_keypoints < 0:
+            raise ValueError(f"ActionExpertConfig.object_keypoints must be an int >= 0, got {self.object_keypoints!r}")
+        if self.object_keypoints and not self.keypoints:
+            raise ValueError("ActionExpertConfig.object_keypoints needs a keypoint readout (keypoints=K > 0)")
+        if not math.isfinite(self.object_keypoint_weight) or self.object_keypoint_weight < 0:
+            raise ValueError("ActionExpertConfig.object_keypoint_weight must be a finite number >= 0, "
+                             f"got {self.object_keypoint_weight}")
         if self.keypoint_action_bias and not self.keypoints:
             raise ValueError("ActionExpertConfig.keypoint_action_bias needs a keypoint readout (keypoints=K > 0)")
         if self.noise_repeats > 1 and self.attention != "hard":
@@ -323,6 +337,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class _ReadoutOutputs(NamedTuple):
+    """What the keypoint readout adds to an encoded prefix (all None without a readout)."""
+
+    uv: torch.Tensor | None  # (B, K, 2) predicted keypoints
+    action_bias: torch.Tensor | None  # (B, d) added to every action token
+    logits: torch.Tensor | None  # (B, K, P) heat-map scores
+    object_logits: torch.Tensor | None  # (B, M, P) object-query heat maps (training only)
+
+
 @dataclass
 class PrefixCache:
     """What `velocity` needs from the prefix [visual | latent | (state)].
@@ -341,6 +364,7 @@ class PrefixCache:
     keypoints: torch.Tensor | None = None  # (B, K, 2) predicted keypoints when the expert has a keypoint readout
     action_bias: torch.Tensor | None = None  # (B, d) added to every action token (keypoint_action_bias)
     keypoint_logits: torch.Tensor | None = None  # (B, K, P) the readout's heat-map scores
+    object_logits: torch.Tensor | None = None  # (B, M, P) object-query heat maps (training with object_keypoints)
     # Per-prefix constants of the inference fast path (RoPE tables, K/V buffers), built on the first no-grad
     # `velocity` call.
     step: tuple[CachedStepPlan, _StepInputWeights] | None = field(default=None, repr=False, compare=False)
@@ -385,7 +409,8 @@ class ActionExpert(nn.Module):
         d = cfg.hidden_size
         self.vision = FiLMDinoV2(cfg) if cfg.vision_tower == "dinov2" else FiLMConvTower(cfg)
         self.vision_proj = _mlp2(cfg.vision_hidden_size, d)
-        self.keypoint_readout = (KeypointReadout(cfg.keypoints, cfg.vision_hidden_size, cfg.latent_dim, d)
+        self.keypoint_readout = (KeypointReadout(cfg.keypoints, cfg.vision_hidden_size, cfg.latent_dim, d,
+                                                 num_objects=cfg.object_keypoints)
                                  if cfg.keypoints else None)
         self.keypoint_bias = (_mlp2(self.keypoint_readout.encoding_dim * cfg.keypoints
                                     + (cfg.state_dim if cfg.use_state else 0), d)
@@ -495,19 +520,21 @@ class ActionExpert(nn.Module):
     def _embed_prefix(
         self, latents: torch.Tensor, images: torch.Tensor, state: torch.Tensor | None,
         keypoints_override: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, int, int, int, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes, the predicted keypoints,
-        the per-sample action bias and the keypoint heat-map logits. `keypoints_override` (B, K, 2): finite entries replace the predicted
+    ) -> tuple[torch.Tensor, int, int, int, _ReadoutOutputs]:
+        """Prefix embeddings [visual (+ keypoint tokens) | latent | (state)], the block sizes and what the keypoint
+        readout gave (`_ReadoutOutputs`). `keypoints_override` (B, K, 2): finite entries replace the predicted
         coordinates in the keypoint tokens and the action bias (teacher forcing)."""
         self._check_prefix_inputs(latents, images, state)
         if keypoints_override is not None and self.keypoint_readout is None:
             raise ValueError("keypoints_override needs an action expert with a keypoint readout (keypoints=K > 0)")
         feats = self._view_features(latents, images)
         vis = [self.vision_proj(self._order_views(self._pool(feats)))]
-        uv = bias = logits = None
+        uv = bias = logits = object_logits = None
         if self.keypoint_readout is not None:  # keypoints of the primary (first) view, queried by c-bar
             uv, kp_tokens, used, logits = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype),
                                                                 override=keypoints_override)
+            if self.training and self.cfg.object_keypoints:
+                object_logits = self.keypoint_readout.object_logits(feats[:, 0])
             vis.append(kp_tokens)
             if self.keypoint_bias is not None:
                 inputs = [self.keypoint_readout.encode(used).flatten(1)]
@@ -520,7 +547,8 @@ class ActionExpert(nn.Module):
         if self.state_proj is not None:
             parts.append(self.state_proj(state.to(self._dtype))[:, None])
         n_state = 1 if self.state_proj is not None else 0
-        return torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state, uv, bias, logits
+        return (torch.cat(parts, dim=1), vis_t.shape[1], lat.shape[1], n_state,
+                _ReadoutOutputs(uv, bias, logits, object_logits))
 
     def embed_actions(self, noisy_actions: torch.Tensor, t: torch.Tensor,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -556,12 +584,12 @@ class ActionExpert(nn.Module):
         replace the predicted coordinates the keypoint tokens and action bias read (teacher forcing in training;
         oracle keypoints in diagnostics); `PrefixCache.keypoints` stays the prediction.
         """
-        embeds, nv, nl, ns, uv, bias, logits = self._embed_prefix(latents, images, state, keypoints_override)
-        if self.cfg.attention != "hard":
-            return PrefixCache(embeds, None, None, nv, nl, ns, keypoints=uv, action_bias=bias, keypoint_logits=logits)
-        mask = self._mask(nv, nl, ns, 0, embeds)
-        _, keys, values = self.transformer(embeds, mask=mask)
-        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=uv, action_bias=bias, keypoint_logits=logits)
+        embeds, nv, nl, ns, ro = self._embed_prefix(latents, images, state, keypoints_override)
+        keys = values = None
+        if self.cfg.attention == "hard":
+            _, keys, values = self.transformer(embeds, mask=self._mask(nv, nl, ns, 0, embeds))
+        return PrefixCache(embeds, keys, values, nv, nl, ns, keypoints=ro.uv, action_bias=ro.action_bias,
+                           keypoint_logits=ro.logits, object_logits=ro.object_logits)
 
     def velocity(self, prefix: PrefixCache, noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity (B, H, A) at noisy actions (B, H, A) and times (B,), given a prefix from `encode_prefix`.
@@ -670,15 +698,15 @@ class ActionExpert(nn.Module):
         noisy_actions: torch.Tensor,
         t: torch.Tensor,
         keypoints_override: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        embeds, nv, nl, ns, uv, bias, logits = self._embed_prefix(latents, images, state, keypoints_override)
+    ) -> tuple[torch.Tensor, _ReadoutOutputs]:
+        embeds, nv, nl, ns, ro = self._embed_prefix(latents, images, state, keypoints_override)
         b = embeds.shape[0]
         self._check_actions("noisy_actions", noisy_actions, b)
         self._check_time(t, b)
-        act = self.embed_actions(noisy_actions, t, bias)
+        act = self.embed_actions(noisy_actions, t, ro.action_bias)
         seq = torch.cat([embeds, act], dim=1)
         hidden, _, _ = self.transformer(seq, mask=self._mask(nv, nl, ns, act.shape[1], seq))
-        return self._head(hidden), uv, logits
+        return self._head(hidden), ro
 
     def loss(
         self,
@@ -705,11 +733,14 @@ class ActionExpert(nn.Module):
         generator: torch.Generator | None = None,
         action_is_pad: torch.Tensor | None = None,
         keypoints: torch.Tensor | None = None,
+        object_keypoints: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"fm": flow-matching loss (see `loss`)} plus, when `keypoints` labels (B, K, 2) are given and the expert
         has a keypoint readout, {"keypoint": mean L1 error of the predicted keypoints} and, with
-        keypoint_heatmap_weight > 0, {"keypoint_heatmap": the heat maps' cross-entropy}. Non-finite label entries
-        (a point the labeller could not place) are left out of the means."""
+        keypoint_heatmap_weight > 0, {"keypoint_heatmap": the heat maps' cross-entropy}; with dense `object_keypoints`
+        labels (B, M, 2) and object queries (object_keypoints=M, training mode), {"object_keypoint": their heat
+        maps' cross-entropy}. Non-finite label entries (a point the labeller could not place, an absent object) are
+        left out of the means."""
         b = actions.shape[0] if actions.ndim >= 1 else 0
         self._check_actions("actions", actions, b)
         if action_is_pad is not None and tuple(action_is_pad.shape) != (b, self.cfg.chunk_size):
@@ -721,6 +752,11 @@ class ActionExpert(nn.Module):
                 f"keypoints labels must have shape (B, K, 2) = ({b}, {self.cfg.keypoints}, 2), "
                 f"got {tuple(keypoints.shape)}"
                 + (" (this expert has no keypoint readout: build it with keypoints=K)" if not self.cfg.keypoints else "")
+            )
+        if object_keypoints is not None and tuple(object_keypoints.shape) != (b, self.cfg.object_keypoints, 2):
+            raise ValueError(
+                f"object_keypoints labels must have shape (B, M, 2) = ({b}, {self.cfg.object_keypoints}, 2), "
+                f"got {tuple(object_keypoints.shape)}"
             )
         k = self.cfg.noise_repeats
         x1 = actions.to(self._dtype)
@@ -738,22 +774,25 @@ class ActionExpert(nn.Module):
             shared = PrefixCache(prefix.embeds.repeat(k, 1, 1), [x.repeat(k, 1, 1, 1) for x in prefix.keys],
                                  [x.repeat(k, 1, 1, 1) for x in prefix.values], prefix.n_visual, prefix.n_latent,
                                  prefix.n_state, action_bias=bias)
-            velocity, uv, logits = self._velocity(shared, xt, t), prefix.keypoints, prefix.keypoint_logits
+            velocity = self._velocity(shared, xt, t)
+            ro = _ReadoutOutputs(prefix.keypoints, prefix.action_bias, prefix.keypoint_logits, prefix.object_logits)
         else:
-            velocity, uv, logits = self._forward(latents, images, state, xt, t, override)
+            velocity, ro = self._forward(latents, images, state, xt, t, override)
         err = (velocity.float() - target.float()).pow(2)
         if self.cfg.loss_ignore_padding and action_is_pad is not None:
             keep = (~action_is_pad.bool()).repeat(k, 1).to(err.dtype)[..., None].expand_as(err)
             out = {"fm": (err * keep).sum() / keep.sum().clamp_min(1.0)}
         else:
             out = {"fm": err.mean()}
-        if keypoints is not None and uv is not None:
-            labels = keypoints.to(uv.device).float()
+        if keypoints is not None and ro.uv is not None:
+            labels = keypoints.to(ro.uv.device).float()
             valid = torch.isfinite(labels)
-            diff = (uv.float() - torch.nan_to_num(labels)).abs() * valid
+            diff = (ro.uv.float() - torch.nan_to_num(labels)).abs() * valid
             out["keypoint"] = diff.sum() / valid.sum().clamp_min(1)
-            if self.cfg.keypoint_heatmap_weight > 0 and logits is not None:
-                out["keypoint_heatmap"] = heatmap_cross_entropy(logits, labels)
+            if self.cfg.keypoint_heatmap_weight > 0 and ro.logits is not None:
+                out["keypoint_heatmap"] = heatmap_cross_entropy(ro.logits, labels)
+        if object_keypoints is not None and ro.object_logits is not None:
+            out["object_keypoint"] = heatmap_cross_entropy(ro.object_logits, object_keypoints.to(ro.object_logits.device))
         return out
 
     def _teacher_keypoints(self, keypoints: torch.Tensor | None, batch: int,

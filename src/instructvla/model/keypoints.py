@@ -65,11 +65,12 @@ class KeypointReadout(nn.Module):
 
     num_keypoints: K; feature_dim: patch feature width; cond_dim: conditioning width (the VLM latent);
     hidden_size: width of the output tokens; key_dim: width of the query/key space; fourier: frequencies per
-    coordinate in the token's position encoding.
+    coordinate in the token's position encoding; num_objects: M learned, unconditioned queries, one per known object
+    (`object_logits`), trained on dense object labels so the keys tell every object apart.
     """
 
     def __init__(self, num_keypoints: int, feature_dim: int, cond_dim: int, hidden_size: int, key_dim: int = 32,
-                 fourier: int = 4) -> None:
+                 fourier: int = 4, num_objects: int = 0) -> None:
         super().__init__()
         if num_keypoints < 1:
             raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
@@ -81,6 +82,7 @@ class KeypointReadout(nn.Module):
                                    nn.Linear(hidden_size, hidden_size))
         self.kind = nn.Parameter(torch.zeros(num_keypoints, hidden_size))  # which keypoint a token is
         nn.init.normal_(self.kind, std=0.02)
+        self.object_queries = nn.Parameter(torch.randn(num_objects, key_dim) * key_dim**-0.5) if num_objects else None
 
     def heatmap_logits(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """features (B, P, F), cond (B, C) -> (B, K, P) unnormalised scores."""
@@ -88,6 +90,13 @@ class KeypointReadout(nn.Module):
         keys = self.key(features)  # (B, P, Dk)
         queries = self.query(cond).view(b, self.num_keypoints, self.key_dim)
         return torch.einsum("bkd,bpd->bkp", queries, keys) / math.sqrt(self.key_dim)
+
+    def object_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, P, F) -> (B, M, P) heat-map scores of the M object queries (over the same keys)."""
+        if self.object_queries is None:
+            raise ValueError("this keypoint readout has no object queries (build it with num_objects=M > 0)")
+        return torch.einsum("md,bpd->bmp", self.object_queries.to(features.dtype), self.key(features)) / math.sqrt(
+            self.key_dim)
 
     @property
     def encoding_dim(self) -> int:

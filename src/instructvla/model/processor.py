@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 _TOK_CACHE_SIZE = 8192  # memoised tokenisations per processor
+POINT_LABEL_KEYS = ("keypoints", "object_keypoints")  # (K, 2) image-point labels an action sample may carry
 ACTION_PROMPT = "What action should the robot take to {instr}?"
 THINK_PROMPT = "What action should the robot take to {instr}? First answer my question."
 
@@ -237,13 +238,14 @@ class VLAProcessor:
             if pad_t.shape != (s.chunk_size,):
                 raise ValueError(f"action_is_pad must have shape ({s.chunk_size},), got {tuple(pad_t.shape)}")
             out["actions"], out["action_is_pad"] = act, pad_t
-            if sample.get("keypoints") is not None:
-                kp = torch.as_tensor(np.asarray(sample["keypoints"], dtype=np.float32))
-                if kp.ndim != 2 or kp.shape[-1] != 2:
-                    raise ValueError(f"keypoints must have shape (K, 2), got {tuple(kp.shape)}")
-                if torch.isinf(kp).any():
-                    raise ValueError("keypoints contain Inf (NaN marks an unlabelled point)")
-                out["keypoints"] = kp
+            for key in POINT_LABEL_KEYS:
+                if sample.get(key) is not None:
+                    kp = torch.as_tensor(np.asarray(sample[key], dtype=np.float32))
+                    if kp.ndim != 2 or kp.shape[-1] != 2:
+                        raise ValueError(f"{key} must have shape (K, 2), got {tuple(kp.shape)}")
+                    if torch.isinf(kp).any():
+                        raise ValueError(f"{key} contain Inf (NaN marks an unlabelled point)")
+                    out[key] = kp
         return out
 
     def collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -295,17 +297,18 @@ class VLAProcessor:
                 if "actions" in it:
                     actions[i], pad[i] = it["actions"], it["action_is_pad"]
             batch["actions"], batch["action_is_pad"] = actions, pad
-        labelled = [i for i, it in enumerate(items) if "keypoints" in it]
-        if labelled:
-            missing = [i for i in rows if "keypoints" not in items[i]]
-            shapes = {tuple(items[i]["keypoints"].shape) for i in labelled}
-            if missing or len(shapes) > 1:
-                raise ValueError("keypoint labels must come with every action sample of a batch, all of one shape; "
-                                 f"missing at rows {missing}, shapes {sorted(shapes)}")
-            kps = torch.zeros((b, *shapes.pop()))
-            for i in labelled:
-                kps[i] = items[i]["keypoints"]
-            batch["keypoints"] = kps
+        for key in POINT_LABEL_KEYS:
+            labelled = [i for i, it in enumerate(items) if key in it]
+            if labelled:
+                missing = [i for i in rows if key not in items[i]]
+                shapes = {tuple(items[i][key].shape) for i in labelled}
+                if missing or len(shapes) > 1:
+                    raise ValueError(f"{key} labels must come with every action sample of a batch, all of one "
+                                     f"shape; missing at rows {missing}, shapes {sorted(shapes)}")
+                kps = torch.zeros((b, *shapes.pop()))
+                for i in labelled:
+                    kps[i] = items[i][key]
+                batch[key] = kps
         return batch
 
     def __call__(self, samples: Sequence[dict], inference: bool = False) -> dict[str, torch.Tensor]:

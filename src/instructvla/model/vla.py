@@ -268,15 +268,18 @@ class InstructVLA(nn.Module):
             state = batch["state"].to(dev)[rows] if self.action_expert.cfg.use_state else None
             ae = self.action_expert
             kp = batch.get("keypoints") if ae.cfg.keypoints else None
+            objects = batch.get("object_keypoints") if ae.cfg.object_keypoints else None
             terms = ae.loss_terms(
                 lat, batch["dino_images"].to(dev)[rows], state, batch["actions"].to(dev)[rows], generator=generator,
                 action_is_pad=batch["action_is_pad"].to(dev)[rows] if "action_is_pad" in batch else None,
                 # labels are over the whole frame; the expert sees its centre crop, where positions scale by 1/ratio
                 keypoints=None if kp is None else kp.to(dev)[rows] / ae.cfg.center_crop_ratio,
+                object_keypoints=None if objects is None else objects.to(dev)[rows] / ae.cfg.center_crop_ratio,
             )
             fm_loss, kp_loss, hm_loss = terms["fm"], terms.get("keypoint"), terms.get("keypoint_heatmap")
+            obj_loss = terms.get("object_keypoint")
         else:
-            fm_loss, kp_loss, hm_loss = torch.zeros((), device=dev), None, None
+            fm_loss, kp_loss, hm_loss, obj_loss = torch.zeros((), device=dev), None, None, None
         loss = self.config.fm_weight * fm_loss + self.config.lm_weight * lm_loss
         out = {"loss": loss, "fm_loss": fm_loss, "lm_loss": lm_loss}
         if kp_loss is not None:
@@ -285,6 +288,9 @@ class InstructVLA(nn.Module):
         if hm_loss is not None:
             out["loss"] = out["loss"] + self.action_expert.cfg.keypoint_heatmap_weight * hm_loss
             out["kp_heatmap_loss"] = hm_loss
+        if obj_loss is not None:
+            out["loss"] = out["loss"] + self.action_expert.cfg.object_keypoint_weight * obj_loss
+            out["object_kp_loss"] = obj_loss
         return out
 
     # ---- inference -----------------------------------------------------------------------------------------------

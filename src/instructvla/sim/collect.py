@@ -54,7 +54,9 @@ class CollectConfig:
     heldout_fraction:    share of multimodal scenes in the "heldout" split (held-out question wording too).
     annotate:            write meta/vla_it.jsonl.
     keypoints:           record observation.keypoints (6 floats per frame: target, destination and gripper image
-                         points (u, v) in the primary camera, u/v in [-1, 1] over the image, v down, not clipped).
+                         points (u, v) in the primary camera, u/v in [-1, 1] over the image, v down, not clipped),
+                         and observation.object_keypoints / observation.object_visible (every catalogue object's and
+                         fixture's (u, v) there, and whether it is in the scene: dense grounding labels).
     overwrite:           replace an existing output directory.
     """
 
@@ -188,7 +190,7 @@ def _run_episode(job: dict) -> dict:
         expert.reset(seed=seed)
         graph = env.unwrapped.scene_graph()
         images: dict[str, list[np.ndarray]] = {c: [] for c in job["cameras"]}
-        states, actions, keypoints = [], [], []
+        states, actions, keypoints, objects = [], [], [], []
         success = False
         while True:
             action, clean = expert.act_pair(obs)
@@ -198,6 +200,7 @@ def _run_episode(job: dict) -> dict:
             actions.append(np.asarray(clean, np.float32))
             if job["keypoints"]:
                 keypoints.append(env.unwrapped.keypoints())
+                objects.append(env.unwrapped.object_keypoints())
             obs, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 success = bool(info["success"])
@@ -206,7 +209,13 @@ def _run_episode(job: dict) -> dict:
                                "length": len(actions)}
         if not success:
             return out
-        from instructvla.data.lerobot import KEYPOINTS_KEY, VideoConfig, encode_episode_video
+        from instructvla.data.lerobot import (
+            KEYPOINTS_KEY,
+            OBJECT_KEYPOINTS_KEY,
+            OBJECT_VISIBLE_KEY,
+            VideoConfig,
+            encode_episode_video,
+        )
         from instructvla.data.motion import motion_primitives
 
         # encode here, in parallel: the parent only stream-copies the mp4s (no re-encoding, little to transfer)
@@ -218,6 +227,10 @@ def _run_episode(job: dict) -> dict:
         out["frames"] |= {"observation.state": st, "action": np.stack(actions), "language_motion": motion_primitives(st)}
         if job["keypoints"]:
             out["frames"][KEYPOINTS_KEY] = np.stack(keypoints)
+            obj = np.stack(objects).reshape(len(objects), -1, 2)
+            seen = np.isfinite(obj).all(-1)
+            out["frames"][OBJECT_KEYPOINTS_KEY] = np.where(seen[..., None], obj, 0.0).reshape(len(objects), -1)
+            out["frames"][OBJECT_VISIBLE_KEY] = seen.astype(np.float32)
         if job["annotate"]:
             from instructvla.sim.annotate import annotate_episode
 
@@ -272,7 +285,10 @@ def collect(cfg: CollectConfig) -> CollectResult:
     jobs += [{"kind": "scene", "index": j, "task": tasks[j % len(tasks)], "seed": cfg.seed,
               "camera_size": cfg.camera_size, "split": "heldout" if j < n_held else "train"}
              for j in range(cfg.multimodal_samples)]
-    features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams}, keypoints=cfg.keypoints)
+    from instructvla.sim.env import object_keypoint_names
+
+    features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams}, keypoints=cfg.keypoints,
+                              object_names=object_keypoint_names() if cfg.keypoints else ())
     kept = failures = errors = frames = n_records = 0
     first_error = ""
     annotations: list[dict] = []

@@ -30,6 +30,12 @@ MAX_DELTA_ROT = 0.1  # radians per control step
 CAMERAS = ("primary", "wrist")
 KEYPOINT_CAMERA = "primary"
 InstructionFn = Callable[[SceneGraph, np.random.Generator], str]
+FIXTURE_KEYPOINTS = ("plate", "bowl")  # fixtures that `object_keypoints` places besides the catalogue objects
+
+
+def object_keypoint_names() -> tuple[str, ...]:
+    """The things `TabletopEnv.object_keypoints` places, in order: every catalogue object, then the fixtures."""
+    return (*CATALOG, *FIXTURE_KEYPOINTS)
 
 _FALLBACK_TEMPLATES = {
     "pick": "pick up the {target}",
@@ -258,6 +264,24 @@ class TabletopEnv(gym.Env):
         """
         uv = project_points(self.scene.model, self.scene.data, KEYPOINT_CAMERA, self.task_points())
         return uv.reshape(6).astype(np.float32)
+
+    def object_keypoints(self) -> np.ndarray:
+        """(2N,) float32 (u, v) of every object named by `object_keypoint_names()` in the primary camera (same
+        coordinates as `keypoints`); NaN for an object that is not in the scene or lies inside a drawer."""
+        s = self.scene
+        names = object_keypoint_names()
+        out = np.full((len(names), 2), np.nan, np.float32)
+        present = [i for i, n in enumerate(names) if self._visible_thing(n)]
+        if present:
+            pts = np.stack([self._thing_point(names[i]) for i in present])
+            out[present] = project_points(s.model, s.data, KEYPOINT_CAMERA, pts).reshape(-1, 2)
+        return out.reshape(-1)
+
+    def _visible_thing(self, name: str) -> bool:
+        s = self.scene
+        if name in FIXTURE_KEYPOINTS:
+            return getattr(s.layout, name, None) is not None
+        return name in s.active and not str(s.where_is(name) or "").startswith("drawer:")
 
     def _info(self, success: bool) -> dict:
         return {

@@ -63,6 +63,8 @@ class TrainConfig:
     keypoints: bool = False  # train with the dataset's observation.keypoints labels (stage 1 adds a keypoint readout)
     keypoint_loss_weight: float = 1.0  # stage 1: weight of the keypoint L1 loss next to the flow-matching loss
     keypoint_heatmap_weight: float = 0.0  # stage 1: weight of the heat maps' cross-entropy at the labels (0 = off)
+    object_keypoint_weight: float = 0.0  # stage 1: weight of dense every-object grounding labels (0 = off; needs the
+    #                                      dataset's observation.object_keypoints)
     hide_held_target: bool = True  # no target keypoint label once the gripper has closed (the object is in hand)
     keypoint_teacher_forcing: float = 0.0  # stage 1: share of samples whose keypoint tokens use the labels
     keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) also bias every action token directly
@@ -113,10 +115,12 @@ class TrainConfig:
             raise ValueError(f"keypoint_heatmap_weight must be a finite number >= 0, got {self.keypoint_heatmap_weight}")
         if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
             raise ValueError(f"keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}")
-        if (self.keypoint_teacher_forcing > 0 or self.keypoint_action_bias or self.keypoint_heatmap_weight > 0) \
-                and not self.keypoints:
-            raise ValueError("keypoint_teacher_forcing / keypoint_action_bias / keypoint_heatmap_weight need "
-                             "keypoints=true (labelled data)")
+        if not math.isfinite(self.object_keypoint_weight) or self.object_keypoint_weight < 0:
+            raise ValueError(f"object_keypoint_weight must be a finite number >= 0, got {self.object_keypoint_weight}")
+        if (self.keypoint_teacher_forcing > 0 or self.keypoint_action_bias or self.keypoint_heatmap_weight > 0
+                or self.object_keypoint_weight > 0) and not self.keypoints:
+            raise ValueError("keypoint_teacher_forcing / keypoint_action_bias / keypoint_heatmap_weight / "
+                             "object_keypoint_weight need keypoints=true (labelled data)")
         if self.vision_tower not in ("dinov2", "conv"):
             raise ValueError(f"vision_tower must be 'dinov2' or 'conv', got {self.vision_tower!r}")
         if self.device not in DEVICES:

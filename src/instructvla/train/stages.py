@@ -86,18 +86,19 @@ def _is_instructvla_dir(path: Path) -> bool:
     return cfg.is_file() and "_format_version" in json.loads(cfg.read_text())
 
 
-def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int) -> dict[str, Any]:
+def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int, num_objects: int = 0) -> dict[str, Any]:
     out = {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
            "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints}
     if num_keypoints:
         out |= {"keypoint_teacher_forcing": cfg.keypoint_teacher_forcing, "keypoint_loss_weight": cfg.keypoint_loss_weight,
-                "keypoint_action_bias": cfg.keypoint_action_bias, "keypoint_heatmap_weight": cfg.keypoint_heatmap_weight}
+                "keypoint_action_bias": cfg.keypoint_action_bias, "keypoint_heatmap_weight": cfg.keypoint_heatmap_weight,
+                "object_keypoints": num_objects, "object_keypoint_weight": cfg.object_keypoint_weight}
     if cfg.vision_tower == "conv":  # the CNN reads the frames at their own size
         out |= {"vision_tower": "conv", "image_size": cfg.image_size}
     return out
 
 
-def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0):
+def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0, num_objects: int = 0):
     """The model a stage starts from (CPU, float32), with its trainable set configured.
 
     stage 0: preset (or `init` VLM/InstructVLA folder) with the whole VLM trainable.
@@ -105,12 +106,13 @@ def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0):
              LoRA and action expert.
     stage 2: `to_stage2(init)` (a stage-1 folder); with no_moe the stage-1 model itself.
     num_keypoints: stage 1: K > 0 gives the fresh action expert a keypoint readout (labels from the dataset).
+    num_objects: stage 1: M > 0 gives that readout M object queries (dense labels from the dataset).
     """
     from instructvla.model.backbone import Backbone
     from instructvla.model.config import InstructVLAConfig
     from instructvla.model.vla import _EXPERT_FOR_PRESET, InstructVLA
 
-    overrides = _action_overrides(cfg, num_views, num_keypoints)
+    overrides = _action_overrides(cfg, num_views, num_keypoints, num_objects)
     if cfg.stage in (0, 1):
         backbone, name = None, cfg.preset
         if cfg.init:
@@ -150,15 +152,18 @@ def check_model_matches(model, cfg: TrainConfig, num_views: int) -> None:
 # ------------------------------------------------------------------------------------------ data
 def build_robot_dataset(cfg: TrainConfig, image_size: int, stats: dict | None):
     from instructvla.data.dataset import RobotDataset
-    from instructvla.data.lerobot import KEYPOINTS_KEY
+    from instructvla.data.lerobot import KEYPOINTS_KEY, OBJECT_KEYPOINTS_KEY
 
     robot = RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
                          augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
                          mixture=cfg.mixture, keypoints=cfg.keypoints, cameras=cfg.cameras or None,
-                         hide_held_target=cfg.hide_held_target)
+                         hide_held_target=cfg.hide_held_target, object_keypoints=cfg.object_keypoint_weight > 0)
     if cfg.keypoints and robot.num_keypoints == 0:
         raise ValueError(f"keypoints: {cfg.dataset} has no {KEYPOINTS_KEY!r} labels for its primary camera "
                          "(collect with keypoints=true, or train with --keypoints=false)")
+    if cfg.object_keypoint_weight > 0 and robot.num_object_keypoints == 0:
+        raise ValueError(f"object_keypoint_weight: {cfg.dataset} has no {OBJECT_KEYPOINTS_KEY!r} labels for its "
+                         "primary camera (collect them with this version's collector, or set it to 0)")
     return robot
 
 
@@ -183,6 +188,9 @@ def check_dataset_matches(model, robot) -> None:
     if robot.num_keypoints and robot.num_keypoints != ae.keypoints:
         raise ValueError(f"dataset has {robot.num_keypoints} keypoint labels per frame, the model's action expert "
                          f"reads {ae.keypoints} keypoints")
+    if robot.num_object_keypoints and robot.num_object_keypoints != ae.object_keypoints:
+        raise ValueError(f"dataset labels {robot.num_object_keypoints} objects per frame, the model's action expert "
+                         f"has {ae.object_keypoints} object queries")
 
 
 # ------------------------------------------------------------------------------------------ FSDP2 helpers
@@ -229,10 +237,10 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
                 raise ValueError(f"init: {cfg.init} has no {NORM_FILE}; stage 2 reuses the stage-1 normalisation")
             stats = json.loads(norm.read_text())  # mismatched dims raise inside the dataset
         robot = build_robot_dataset(cfg, image_size, stats)
-        num_views, num_keypoints = len(robot.cameras), robot.num_keypoints
+        num_views, num_keypoints, num_objects = len(robot.cameras), robot.num_keypoints, robot.num_object_keypoints
     else:
-        num_views, num_keypoints = 1, 0
-    model = build_model(cfg, num_views, num_keypoints)
+        num_views, num_keypoints, num_objects = 1, 0, 0
+    model = build_model(cfg, num_views, num_keypoints, num_objects)
     if model.config.image_size != image_size:
         raise ValueError(f"model image_size {model.config.image_size} != data image_size {image_size}")
     mm = build_multimodal_dataset(cfg, image_size) if cfg.multimodal and (cfg.stage == 0 or cfg.mm_every) else None
@@ -252,7 +260,7 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
         m.save_pretrained(folder)
 
     def replica() -> nn.Module:
-        rep = build_model(cfg, num_views, num_keypoints)
+        rep = build_model(cfg, num_views, num_keypoints, num_objects)
         rep.norm_stats = model.norm_stats
         return rep
 
