@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from instructvla.train.config import LR_SCHEDULES
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
@@ -66,6 +68,7 @@ class DemoPreset:
     keypoint_loss_weight: float = 1.0  # stage 1: weight of the keypoint L1 loss
     keypoint_heatmap_weight: float = 0.0  # stage 1: weight of the keypoint heat maps' cross-entropy at the labels
     object_keypoint_weight: float = 0.0  # stage 1: weight of the dense every-object grounding labels (0 = off)
+    lr_schedule: str = "constant"  # every stage: constant | cosine (down to a tenth of lr over the stage's budget)
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
 
 
@@ -144,6 +147,7 @@ class DemoConfig:
     keypoint_loss_weight: float | None = None
     keypoint_heatmap_weight: float | None = None
     object_keypoint_weight: float | None = None
+    lr_schedule: str | None = None
     cameras: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -157,6 +161,8 @@ class DemoConfig:
             raise ValueError(f"DemoConfig.workers must be >= 1, got {self.workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"DemoConfig.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"DemoConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
     def resolved(self) -> DemoPreset:
         """The preset with this config's overrides applied."""
@@ -240,7 +246,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         keypoint_loss_weight=p.keypoint_loss_weight,
         keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage == 1 and p.keypoints else 0.0,
         object_keypoint_weight=p.object_keypoint_weight if stage == 1 and p.keypoints else 0.0,
-        time_limit_s=minutes * 60.0, log_every=20,
+        time_limit_s=minutes * 60.0, log_every=20, lr_schedule=p.lr_schedule,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}
 

@@ -12,7 +12,7 @@ from toy import toy_parts
 from instructvla.train import checkpoint as ckpt
 from instructvla.train.config import TrainConfig
 from instructvla.train.distributed import DistInfo
-from instructvla.train.trainer import NonFiniteLossError, run_training
+from instructvla.train.trainer import NonFiniteLossError, lr_multiplier, run_training
 
 ONE = DistInfo()
 
@@ -144,3 +144,24 @@ def test_dataloader_workers_give_the_same_run(tmp_path):
     run_training(cfg(tmp_path / "a", steps=4, save_every=0), toy_parts(), ONE)
     run_training(cfg(tmp_path / "b", steps=4, save_every=0, num_workers=1), toy_parts(), ONE)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_cosine_schedule_follows_the_budget_and_survives_resume(tmp_path):
+    run_training(cfg(tmp_path, lr=1e-3, lr_schedule="cosine", lr_final_ratio=0.1), toy_parts(), ONE)
+    lrs = losses(tmp_path, "lr")
+    c = cfg(tmp_path, lr=1e-3, lr_schedule="cosine", lr_final_ratio=0.1)
+    assert lrs == pytest.approx([1e-3 * lr_multiplier(c, s, 0.0) for s in range(1, 9)])
+    assert lrs[-1] == pytest.approx(1e-4) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    # a longer budget on resume rescales from the peak lr, not from the decayed value the checkpoint holds
+    run_training(cfg(tmp_path, lr=1e-3, lr_schedule="cosine", lr_final_ratio=0.1, steps=16, resume=True),
+                 toy_parts(), ONE)
+    longer = cfg(tmp_path, lr=1e-3, lr_schedule="cosine", lr_final_ratio=0.1, steps=16)
+    assert losses(tmp_path, "lr")[8] == pytest.approx(1e-3 * lr_multiplier(longer, 9, 0.0))
+    assert lr_multiplier(cfg(tmp_path), 5, 0.0) == 1.0  # constant: the method's
+    timed = cfg(tmp_path, lr_schedule="cosine", lr_final_ratio=0.0, steps=1000, time_limit_s=100.0)
+    assert lr_multiplier(timed, 1, 50.0) == pytest.approx(0.5)  # the clock runs out before the steps
+    assert lr_multiplier(timed, 1, 500.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        cfg(tmp_path, lr_schedule="linear")
+    with pytest.raises(ValueError, match="lr_final_ratio must be in"):
+        cfg(tmp_path, lr_final_ratio=1.5)

@@ -13,6 +13,7 @@ PROGRESS_MODES = ("auto", "always", "never")
 _PROGRESS_ALIASES = {"on": "always", "true": "always", "yes": "always", "off": "never", "false": "never", "no": "never"}
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGY_NAMES = ("auto", "none", "ddp", "fsdp")
+LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that may change between a run and its resumption (everything else must match the checkpoint).
 RESUMABLE_CHANGES = frozenset(
@@ -42,7 +43,10 @@ class TrainConfig:
     batch_size: int = 8  # robot samples per process per iteration (stage 0: multimodal samples)
     mm_batch_size: int = 2  # stage 2: multimodal samples per process per multimodal step
     mm_every: int = 1  # stage 2: one multimodal step every N iterations (0 = none)
-    lr: float = 5e-5  # AdamW, constant (no warm-up, no decay)
+    lr: float = 5e-5  # AdamW peak learning rate
+    lr_schedule: str = "constant"  # constant (method) | cosine: decay to lr_final_ratio * lr over the run's budget
+    #                                (steps or time_limit_s, whichever runs out first)
+    lr_final_ratio: float = 0.1  # cosine: the learning rate at the end of the budget, as a share of lr
     weight_decay: float = 0.0  # never applied to embedding rows
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     bf16: bool = False  # bf16 autocast (CUDA; off on CPU by default)
@@ -109,6 +113,10 @@ class TrainConfig:
         self.progress = _PROGRESS_ALIASES.get(str(self.progress).lower(), str(self.progress))
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.lr_final_ratio <= 1.0:
+            raise ValueError(f"lr_final_ratio must be in [0, 1], got {self.lr_final_ratio!r}")
         if not math.isfinite(self.keypoint_loss_weight) or self.keypoint_loss_weight < 0:
             raise ValueError(f"keypoint_loss_weight must be a finite number >= 0, got {self.keypoint_loss_weight}")
         if not math.isfinite(self.keypoint_heatmap_weight) or self.keypoint_heatmap_weight < 0:

@@ -195,6 +195,18 @@ def _check_finite(values: dict[str, float], step: int, kind: str) -> None:
             )
 
 
+def lr_multiplier(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
+    """Share of `cfg.lr` at `step` (1-based), `elapsed_s` seconds into this run: 1 for the constant schedule; for
+    cosine, from 1 down to `lr_final_ratio` over the budget (the larger of step / steps and elapsed / time_limit_s)."""
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = step / max(cfg.steps, 1)
+    if cfg.time_limit_s:
+        progress = max(progress, elapsed_s / cfg.time_limit_s)
+    r = cfg.lr_final_ratio
+    return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[str, Any]:
     """Train `parts.model` for `cfg.steps` iterations; returns a summary (last step, losses, throughput, paths).
 
@@ -212,6 +224,7 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
     if not params:
         raise ValueError(f"stage {cfg.stage}: no trainable parameters")
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resumed state brings its scheduled values
     ema = _Ema(model, cfg.ema) if cfg.ema else None
 
     seed = D.rank_seed(cfg.seed, info.rank)
@@ -266,16 +279,19 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
     elapsed_before = state.elapsed_s
 
     def optimizer_step(batch: Any, kind: str, step: int, stop: bool) -> tuple[dict[str, float], float, bool]:
-        """Forward, finite check (agreed by all ranks), backward, clip, AdamW step. Returns (losses, grad norm, stop)."""
+        """Forward, finite check (agreed by all ranks), backward, clip, AdamW step at the scheduled learning rate
+        (rank 0's clock decides a time-based schedule for every rank). Returns (losses, grad norm, stop)."""
         with autocast:
             output = wrapped(to_device(batch, info.device))
         if not isinstance(output, dict) or "loss" not in output:
             raise TypeError(f"model forward must return a dict with 'loss', got {type(output).__name__}")
         names = [k for k in LOSS_KEYS if output.get(k) is not None]
+        elapsed = (_now() - started) if info.is_main else 0.0
         local = torch.stack([output[k].detach().float().reshape(()).cpu() for k in names]
-                            + [torch.tensor(float(stop))])
+                            + [torch.tensor(elapsed, dtype=torch.float32), torch.tensor(float(stop))])
         summed = D.all_reduce_sum(info, local.to(info.device) if info.backend == "nccl" else local).cpu()
-        losses = {k: float(v) / info.world_size for k, v in zip(names, summed[:-1].tolist())}
+        losses = {k: float(v) / info.world_size for k, v in zip(names, summed[:-2].tolist())}
+        scale = lr_multiplier(cfg, step, float(summed[-2]))
         _check_finite(losses, step, kind)
         output["loss"].backward()
         if parts.after_backward is not None:
@@ -286,6 +302,8 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         norm = float(_local(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
         _check_finite({"gradient norm": norm}, step, kind)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * scale
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -323,7 +341,7 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
                 now = _now()
                 sps = window_samples / max(now - window_start, 1e-9)
                 record = {"step": step, **{k: sum(v) / len(v) for k, v in window.items()},
-                          "lr": cfg.lr, "samples_per_s": sps, "samples": state.samples,
+                          "lr": optimizer.param_groups[0]["lr"], "samples_per_s": sps, "samples": state.samples,
                           "epoch": primary.epoch, "elapsed_s": state.elapsed_s}
                 if info.is_main:
                     with open(metrics_path, "a") as f:
