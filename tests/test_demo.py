@@ -13,8 +13,8 @@ def test_unknown_preset_names_the_field_and_suggests():
 
 
 def test_overrides_replace_preset_values():
-    p = DemoConfig(preset="quick", episodes=7, stage1_minutes=0.5, lr_schedule="constant").resolved()
-    assert p.episodes == 7 and p.stage1_minutes == 0.5 and p.lr_schedule == "constant"
+    p = DemoConfig(preset="quick", episodes=7, stage1_minutes=0.5, lr_schedule="constant", stage2_lr=1e-4).resolved()
+    assert p.episodes == 7 and p.stage1_minutes == 0.5 and p.lr_schedule == "constant" and p.stage2_lr == 1e-4
     assert p.model_preset == PRESETS["quick"].model_preset
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         DemoConfig(preset="quick", lr_schedule="step")

@@ -69,6 +69,7 @@ class DemoPreset:
     keypoint_heatmap_weight: float = 0.0  # stage 1: weight of the keypoint heat maps' cross-entropy at the labels
     object_keypoint_weight: float = 0.0  # stage 1: weight of the dense every-object grounding labels (0 = off)
     lr_schedule: str = "constant"  # every stage: constant | cosine (down to a tenth of lr over the stage's budget)
+    stage2_lr: float | None = None  # stage 2's learning rate (None = lr): lower keeps the latents the frozen expert reads
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
 
 
@@ -82,7 +83,7 @@ PRESETS: dict[str, DemoPreset] = {
         eval_execution="open_loop", open_loop_k=12, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
         keypoint_teacher_forcing=0.5, keypoint_action_bias=True, keypoint_heatmap_weight=1.0, object_keypoint_weight=1.0,
-        cameras=("primary",),
+        cameras=("primary",), stage2_lr=3e-4,
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -148,6 +149,7 @@ class DemoConfig:
     keypoint_heatmap_weight: float | None = None
     object_keypoint_weight: float | None = None
     lr_schedule: str | None = None
+    stage2_lr: float | None = None
     cameras: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -237,7 +239,8 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
     summary = train(TrainConfig(
         stage=stage, dataset=None if stage == 0 else str(data), multimodal=str(data / "multimodal"),
         init=None if init is None else str(init), preset=p.model_preset, out=str(folder), steps=steps,
-        batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, lr=p.lr, device=_device(cfg),
+        batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, device=_device(cfg),
+        lr=p.stage2_lr if stage == 2 and p.stage2_lr is not None else p.lr,
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
         use_state=p.use_state, vision_tower=p.vision_tower, ema=p.ema if stage > 0 else None,
