@@ -236,6 +236,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
     from instructvla.train.config import TrainConfig
     from instructvla.train.trainer import train
 
+    stage1_keypoints = stage == 1 and p.keypoints  # the readout's training options only shape a fresh expert
     summary = train(TrainConfig(
         stage=stage, dataset=None if stage == 0 else str(data), multimodal=str(data / "multimodal"),
         init=None if init is None else str(init), preset=p.model_preset, out=str(folder), steps=steps,
@@ -244,11 +245,11 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
         use_state=p.use_state, vision_tower=p.vision_tower, ema=p.ema if stage > 0 else None,
-        keypoint_teacher_forcing=p.keypoint_teacher_forcing if stage == 1 and p.keypoints else 0.0,
-        keypoint_action_bias=p.keypoint_action_bias and stage == 1 and p.keypoints,
+        keypoint_teacher_forcing=p.keypoint_teacher_forcing if stage1_keypoints else 0.0,
+        keypoint_action_bias=p.keypoint_action_bias and stage1_keypoints,
         keypoint_loss_weight=p.keypoint_loss_weight,
-        keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage == 1 and p.keypoints else 0.0,
-        object_keypoint_weight=p.object_keypoint_weight if stage == 1 and p.keypoints else 0.0,
+        keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage1_keypoints else 0.0,
+        object_keypoint_weight=p.object_keypoint_weight if stage1_keypoints else 0.0,
         time_limit_s=minutes * 60.0, log_every=20, lr_schedule=p.lr_schedule,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

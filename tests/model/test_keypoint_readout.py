@@ -223,14 +223,14 @@ def test_object_queries_train_on_dense_labels_in_training_mode_only() -> None:
         terms["object_keypoint"].backward()
         ro = m.keypoint_readout
         assert ro.object_queries.grad.abs().sum() > 0 and ro.key.weight.grad.abs().sum() > 0
-        assert ro.object_logits(torch.randn(2, 16, 64)).shape == (2, 5, 16)
+        assert ro(torch.randn(2, 16, 64), torch.randn(2, 16), with_objects=True).object_logits.shape == (2, 5, 16)
     with pytest.raises(ValueError, match="object_keypoints labels must have shape"):
         m.loss_terms(lat, img, None, act, keypoints=kp, object_keypoints=objects[:, :4])
     m.eval()  # inference never runs the object queries
     assert "object_keypoint" not in m.loss_terms(lat, img, None, act, keypoints=kp, object_keypoints=objects)
     assert m.encode_prefix(lat, img).object_logits is None
     with pytest.raises(ValueError, match="no object queries"):
-        KeypointReadout(1, 4, 2, 8).object_logits(torch.zeros(1, 4, 4))
+        KeypointReadout(1, 4, 2, 8)(torch.zeros(1, 4, 4), torch.zeros(1, 2), with_objects=True)
     with pytest.raises(ValueError, match="object_keypoints needs a keypoint readout"):
         ActionExpertConfig.preset("tiny", 16, object_keypoints=3)
     with pytest.raises(ValueError, match="object_keypoints must be an int"):

@@ -204,29 +204,20 @@ class ActionExpertConfig:
                 raise ValueError(
                     f"ActionExpertConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        if isinstance(self.keypoints, bool) or not isinstance(self.keypoints, int) or self.keypoints < 0:
-            raise ValueError(f"ActionExpertConfig.keypoints must be an int >= 0, got {self.keypoints!r}")
-        if not math.isfinite(self.keypoint_loss_weight) or self.keypoint_loss_weight < 0:
-            raise ValueError(
-                f"ActionExpertConfig.keypoint_loss_weight must be a finite number >= 0, got {self.keypoint_loss_weight}"
-            )
+        for name in ("keypoints", "object_keypoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ActionExpertConfig.{name} must be an int >= 0, got {value!r}")
+        for name in ("keypoint_loss_weight", "keypoint_heatmap_weight", "object_keypoint_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"ActionExpertConfig.{name} must be a finite number >= 0, got {value}")
         if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
             raise ValueError(
                 f"ActionExpertConfig.keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}"
             )
-        if not math.isfinite(self.keypoint_heatmap_weight) or self.keypoint_heatmap_weight < 0:
-            raise ValueError(
-                "ActionExpertConfig.keypoint_heatmap_weight must be a finite number >= 0, "
-                f"got {self.keypoint_heatmap_weight}"
-            )
-        if isinstance(self.object_keypoints, bool) or not isinstance(self.object_keypoints, int) \
-                or self.object_keypoints < 0:
-            raise ValueError(f"ActionExpertConfig.object_keypoints must be an int >= 0, got {self.object_keypoints!r}")
         if self.object_keypoints and not self.keypoints:
             raise ValueError("ActionExpertConfig.object_keypoints needs a keypoint readout (keypoints=K > 0)")
-        if not math.isfinite(self.object_keypoint_weight) or self.object_keypoint_weight < 0:
-            raise ValueError("ActionExpertConfig.object_keypoint_weight must be a finite number >= 0, "
-                             f"got {self.object_keypoint_weight}")
         if self.keypoint_action_bias and not self.keypoints:
             raise ValueError("ActionExpertConfig.keypoint_action_bias needs a keypoint readout (keypoints=K > 0)")
         if self.noise_repeats > 1 and self.attention != "hard":
@@ -531,10 +522,9 @@ class ActionExpert(nn.Module):
         vis = [self.vision_proj(self._order_views(self._pool(feats)))]
         uv = bias = logits = object_logits = None
         if self.keypoint_readout is not None:  # keypoints of the primary (first) view, queried by c-bar
-            uv, kp_tokens, used, logits = self.keypoint_readout(feats[:, 0], latents.mean(dim=1).to(self._dtype),
-                                                                override=keypoints_override)
-            if self.training and self.cfg.object_keypoints:
-                object_logits = self.keypoint_readout.object_logits(feats[:, 0])
+            uv, kp_tokens, used, logits, object_logits = self.keypoint_readout(
+                feats[:, 0], latents.mean(dim=1).to(self._dtype), override=keypoints_override,
+                with_objects=self.training and self.cfg.object_keypoints > 0)
             vis.append(kp_tokens)
             if self.keypoint_bias is not None:
                 inputs = [self.keypoint_readout.encode(used).flatten(1)]

@@ -38,6 +38,7 @@ class KeypointOutput(NamedTuple):
     tokens: torch.Tensor  # (B, K, hidden) one prefix token per keypoint
     used: torch.Tensor  # (B, K, 2) the coordinates the tokens encode (uv, or the override where it is finite)
     logits: torch.Tensor  # (B, K, P) heat-map scores over the patch grid (before the softmax)
+    object_logits: torch.Tensor | None  # (B, M, P) the object queries' scores over the same keys (with_objects)
 
 
 def heatmap_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
@@ -66,7 +67,7 @@ class KeypointReadout(nn.Module):
     num_keypoints: K; feature_dim: patch feature width; cond_dim: conditioning width (the VLM latent);
     hidden_size: width of the output tokens; key_dim: width of the query/key space; fourier: frequencies per
     coordinate in the token's position encoding; num_objects: M learned, unconditioned queries, one per known object
-    (`object_logits`), trained on dense object labels so the keys tell every object apart.
+    (`forward(..., with_objects=True)`), trained on dense object labels so the keys tell every object apart.
     """
 
     def __init__(self, num_keypoints: int, feature_dim: int, cond_dim: int, hidden_size: int, key_dim: int = 32,
@@ -84,35 +85,30 @@ class KeypointReadout(nn.Module):
         nn.init.normal_(self.kind, std=0.02)
         self.object_queries = nn.Parameter(torch.randn(num_objects, key_dim) * key_dim**-0.5) if num_objects else None
 
-    def heatmap_logits(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """features (B, P, F), cond (B, C) -> (B, K, P) unnormalised scores."""
-        b = features.shape[0]
-        keys = self.key(features)  # (B, P, Dk)
-        queries = self.query(cond).view(b, self.num_keypoints, self.key_dim)
-        return torch.einsum("bkd,bpd->bkp", queries, keys) / math.sqrt(self.key_dim)
-
-    def object_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, P, F) -> (B, M, P) heat-map scores of the M object queries (over the same keys)."""
-        if self.object_queries is None:
-            raise ValueError("this keypoint readout has no object queries (build it with num_objects=M > 0)")
-        return torch.einsum("md,bpd->bmp", self.object_queries.to(features.dtype), self.key(features)) / math.sqrt(
-            self.key_dim)
-
     @property
     def encoding_dim(self) -> int:
         """Width of one keypoint's coordinate encoding (`encode`)."""
         return 2 + 4 * self.fourier
 
     def forward(self, features: torch.Tensor, cond: torch.Tensor, override: torch.Tensor | None = None,
-                ) -> KeypointOutput:
+                with_objects: bool = False) -> KeypointOutput:
         """features (B, P, F) of a square patch grid, cond (B, C) -> `KeypointOutput`. `override` (B, K, 2): its
         finite entries replace the predicted coordinates in the tokens (teacher forcing); the predicted uv is
-        returned unchanged for the readout's own loss."""
+        returned unchanged for the readout's own loss. with_objects: also score the object queries (training on
+        dense labels), over the same keys."""
         b, p, _ = features.shape
         grid = math.isqrt(p)
         if grid * grid != p:
             raise ValueError(f"keypoint readout needs a square patch grid, got {p} patches")
-        logits = self.heatmap_logits(features, cond)
+        if with_objects and self.object_queries is None:
+            raise ValueError("this keypoint readout has no object queries (build it with num_objects=M > 0)")
+        keys = self.key(features)  # (B, P, Dk)
+        queries = self.query(cond).view(b, self.num_keypoints, self.key_dim)
+        logits = torch.einsum("bkd,bpd->bkp", queries, keys) / math.sqrt(self.key_dim)
+        object_logits = None
+        if with_objects:
+            object_logits = torch.einsum("md,bpd->bmp", self.object_queries.to(keys.dtype), keys) / math.sqrt(
+                self.key_dim)
         attn = logits.float().softmax(dim=-1).to(features.dtype)  # (B, K, P)
         centres = patch_grid_centres(grid, features.device, features.dtype)
         uv = attn @ centres  # (B, K, 2)
@@ -123,7 +119,7 @@ class KeypointReadout(nn.Module):
                 raise ValueError(f"keypoint override must have shape {tuple(uv.shape)}, got {tuple(override.shape)}")
             used = torch.where(torch.isfinite(override), override.to(uv.dtype), uv)
         tokens = self.token(torch.cat([self.encode(used), pooled], dim=-1)) + self.kind
-        return KeypointOutput(uv, tokens, used, logits)
+        return KeypointOutput(uv, tokens, used, logits, object_logits)
 
     def encode(self, uv: torch.Tensor) -> torch.Tensor:
         """(..., 2) coordinates -> (..., encoding_dim) Fourier features."""

@@ -35,6 +35,10 @@ NORM_FILE = "normalization.json"
 FORMAT_VERSION = 1
 # Which action-expert preset goes with a backbone preset by default.
 _EXPERT_FOR_PRESET = {"tiny": "tiny", "tiny-smolvlm": "tiny", "small": "small", "base": "base"}
+# ActionExpert.loss_terms key -> (ActionExpertConfig weight field, name in the forward output and metrics.jsonl)
+_KEYPOINT_TERMS = (("keypoint", "keypoint_loss_weight", "kp_loss"),
+                   ("keypoint_heatmap", "keypoint_heatmap_weight", "kp_heatmap_loss"),
+                   ("object_keypoint", "object_keypoint_weight", "object_kp_loss"))
 
 
 def _module_path(root: nn.Module, target: nn.Module) -> str:
@@ -276,21 +280,15 @@ class InstructVLA(nn.Module):
                 keypoints=None if kp is None else kp.to(dev)[rows] / ae.cfg.center_crop_ratio,
                 object_keypoints=None if objects is None else objects.to(dev)[rows] / ae.cfg.center_crop_ratio,
             )
-            fm_loss, kp_loss, hm_loss = terms["fm"], terms.get("keypoint"), terms.get("keypoint_heatmap")
-            obj_loss = terms.get("object_keypoint")
+            fm_loss = terms["fm"]
         else:
-            fm_loss, kp_loss, hm_loss, obj_loss = torch.zeros((), device=dev), None, None, None
+            terms, fm_loss = {}, torch.zeros((), device=dev)
         loss = self.config.fm_weight * fm_loss + self.config.lm_weight * lm_loss
         out = {"loss": loss, "fm_loss": fm_loss, "lm_loss": lm_loss}
-        if kp_loss is not None:
-            out["loss"] = loss + self.action_expert.cfg.keypoint_loss_weight * kp_loss
-            out["kp_loss"] = kp_loss
-        if hm_loss is not None:
-            out["loss"] = out["loss"] + self.action_expert.cfg.keypoint_heatmap_weight * hm_loss
-            out["kp_heatmap_loss"] = hm_loss
-        if obj_loss is not None:
-            out["loss"] = out["loss"] + self.action_expert.cfg.object_keypoint_weight * obj_loss
-            out["object_kp_loss"] = obj_loss
+        for term, weight, name in _KEYPOINT_TERMS:  # the keypoint readout's terms, weighted by the expert's config
+            if term in terms:
+                out["loss"] = out["loss"] + getattr(self.action_expert.cfg, weight) * terms[term]
+                out[name] = terms[term]
         return out
 
     # ---- inference -----------------------------------------------------------------------------------------------

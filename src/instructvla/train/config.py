@@ -117,14 +117,12 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"lr_final_ratio must be in [0, 1], got {self.lr_final_ratio!r}")
-        if not math.isfinite(self.keypoint_loss_weight) or self.keypoint_loss_weight < 0:
-            raise ValueError(f"keypoint_loss_weight must be a finite number >= 0, got {self.keypoint_loss_weight}")
-        if not math.isfinite(self.keypoint_heatmap_weight) or self.keypoint_heatmap_weight < 0:
-            raise ValueError(f"keypoint_heatmap_weight must be a finite number >= 0, got {self.keypoint_heatmap_weight}")
+        for name in ("keypoint_loss_weight", "keypoint_heatmap_weight", "object_keypoint_weight"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
             raise ValueError(f"keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}")
-        if not math.isfinite(self.object_keypoint_weight) or self.object_keypoint_weight < 0:
-            raise ValueError(f"object_keypoint_weight must be a finite number >= 0, got {self.object_keypoint_weight}")
         if (self.keypoint_teacher_forcing > 0 or self.keypoint_action_bias or self.keypoint_heatmap_weight > 0
                 or self.object_keypoint_weight > 0) and not self.keypoints:
             raise ValueError("keypoint_teacher_forcing / keypoint_action_bias / keypoint_heatmap_weight / "
