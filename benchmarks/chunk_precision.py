@@ -78,21 +78,12 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, Any]:
 def measure(policy_dir: str, dataset: str, episodes: int = 100, before: tuple[int, ...] = (3, 6, 12),
             steps: int = 12, center_crop_area: float = 0.9) -> dict[str, Any]:
     """Figures per anchor ("start", "close-N") of one policy on one dataset (see the module docstring)."""
-    from instructvla.data.dataset import ACTION_KEY, STATE_KEY, primary_first
-    from instructvla.data.lerobot import LeRobotDatasetReader
-    from instructvla.eval.rollout import _policy_obs
-    from instructvla.policy import Policy, PolicyConfig
+    from instructvla.data.dataset import ACTION_KEY
+    from instructvla.eval.replay import open_replay
 
-    policy = Policy.from_pretrained(policy_dir, PolicyConfig(noise_scale=0.0, center_crop_area=center_crop_area))
-    spec = policy.request_spec
-    reader = LeRobotDatasetReader(dataset)
-    cams = primary_first(reader.camera_keys)
-    if getattr(spec, "wrist_camera", False) and len(cams) < 2:
-        raise ValueError(f"{dataset}: the policy takes a wrist camera, the dataset has only {cams}")
-    if getattr(spec, "state_dim", None) is not None and STATE_KEY not in reader.features:
-        raise ValueError(f"{dataset}: the policy takes a state, the dataset has no {STATE_KEY!r}")
+    replay = open_replay(policy_dir, dataset, center_crop_area)
+    reader = replay.reader
     actions = np.asarray(reader.column(ACTION_KEY), np.float64)
-    states = reader.column(STATE_KEY) if STATE_KEY in reader.features else None
     anchors: dict[str, list[dict[str, float | None]]] = {"start": [], **{f"close-{n}": [] for n in before}}
     for ep in range(min(episodes, reader.num_episodes)):
         sl = reader.episode_slice(ep)
@@ -102,10 +93,7 @@ def measure(policy_dir: str, dataset: str, episodes: int = 100, before: tuple[in
         if close is not None:
             frames |= {f"close-{n}": close - n for n in before if close - n >= 0}
         for name, fi in frames.items():
-            obs = {key: reader.image(ep, fi, cam) for key, cam in zip(("image", "wrist_image"), cams)}
-            obs["state"] = None if states is None else states[sl.start + fi]
-            policy.reset()
-            reply = policy.infer(_policy_obs(obs, reader.episode_task(ep), spec, False))
+            reply = replay.infer(replay.views(ep, fi), sl.start + fi, reader.episode_task(ep))
             anchors[name].append(score_chunk(reply["actions"], ep_actions[fi:], steps))
     return {"policy": policy_dir, "dataset": dataset, "steps": steps,
             "anchors": {name: _summary(rows) for name, rows in anchors.items()}}

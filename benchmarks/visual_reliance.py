@@ -38,34 +38,23 @@ def _displacement(actions: np.ndarray, steps: int) -> np.ndarray:
 def measure(policy_dir: str, dataset: str, frames: int = 48, steps: int = 4,
             center_crop_area: float = 0.9) -> dict[str, Any]:
     """Swap-test figures of one policy on one dataset (see the module docstring)."""
-    from instructvla.data.dataset import ACTION_KEY, STATE_KEY, primary_first
-    from instructvla.data.lerobot import LeRobotDatasetReader
-    from instructvla.eval.rollout import _policy_obs
-    from instructvla.policy import Policy, PolicyConfig
+    from instructvla.data.dataset import ACTION_KEY
+    from instructvla.eval.replay import open_replay
 
-    policy = Policy.from_pretrained(policy_dir, PolicyConfig(noise_scale=0.0, center_crop_area=center_crop_area))
-    spec = policy.request_spec
-    reader = LeRobotDatasetReader(dataset)
-    cams = primary_first(reader.camera_keys)
-    if getattr(spec, "wrist_camera", False) and len(cams) < 2:
-        raise ValueError(f"{dataset}: the policy takes a wrist camera, the dataset has only {cams}")
-    if getattr(spec, "state_dim", None) is not None and STATE_KEY not in reader.features:
-        raise ValueError(f"{dataset}: the policy takes a state, the dataset has no {STATE_KEY!r}")
+    replay = open_replay(policy_dir, dataset, center_crop_area)
+    reader = replay.reader
     episodes = _episodes(reader, frames)
     if len(episodes) < 2:
         raise ValueError(f"{dataset}: need at least 2 episodes for swap tests, found {reader.num_episodes}")
     actions = reader.column(ACTION_KEY)
-    states = reader.column(STATE_KEY) if STATE_KEY in reader.features else None
     starts = [reader.episode_slice(ep).start for ep in episodes]
-    # each first frame's camera images, decoded once and reused by every swap (keys as rollouts' env observations)
-    views = [{key: reader.image(ep, 0, cam) for key, cam in zip(("image", "wrist_image"), cams)} for ep in episodes]
+    # each first frame's camera images, decoded once and reused by every swap
+    views = [replay.views(ep, 0) for ep in episodes]
 
     located: dict[tuple[int, int], np.ndarray] = {}  # (views, prompt) -> the policy's keypoints, when it has them
 
     def act(i_views: int, prompt: str, i_state: int, i_prompt: int) -> np.ndarray:
-        obs = {**views[i_views], "state": None if states is None else states[starts[i_state]]}
-        policy.reset()
-        reply = policy.infer(_policy_obs(obs, prompt, spec, False))
+        reply = replay.infer(views[i_views], starts[i_state], prompt)
         if "keypoints" in reply:
             located[(i_views, i_prompt)] = np.asarray(reply["keypoints"], dtype=np.float64)
         return _displacement(reply["actions"], steps)
