@@ -53,7 +53,7 @@ def _oracle_hook(policy: Any, center_crop_area: float) -> dict[str, Any]:
 def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict[str, Any] | None) -> dict[str, Any]:
     """One rollout with privileged bookkeeping (see the module docstring)."""
     from instructvla.eval.ensemble import OpenLoopChunker
-    from instructvla.eval.rollout import _policy_obs
+    from instructvla.eval.rollout import policy_observation
 
     base = env.unwrapped
     policy.config = dataclasses.replace(policy.config, seed=int(seed))
@@ -70,7 +70,7 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
             truth = np.asarray(base.keypoints(), dtype=np.float64).reshape(-1, 2)
             if oracle is not None:
                 oracle["uv"] = truth
-            out = policy.infer(_policy_obs(obs, instruction, policy.request_spec, False))
+            out = policy.infer(policy_observation(obs, instruction, policy.request_spec, False))
             chunker.set_chunk(out["actions"])
             if out.get("keypoints") is not None and np.isfinite(truth[0]).all():
                 kp_err.append(float(np.abs(np.asarray(out["keypoints"])[0] - truth[0]).mean()))

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from instructvla.data.dataset import ResumableSampler, RobotDataset, collate_samples, write_synthetic_dataset
+from instructvla.data.dataset import (
+    ResumableSampler,
+    RobotDataset,
+    RobotDatasets,
+    collate_samples,
+    write_synthetic_dataset,
+)
 from instructvla.data.normalize import unnormalize
 
 
@@ -105,3 +111,20 @@ def test_hide_held_target_unlabels_the_target_from_the_first_grasp_on() -> None:
     hidden = np.isnan(out[:, 0, 0])
     assert hidden.tolist() == [False, False, True, True, True, False, False, False, True]
     assert not np.isnan(out[:, 1:]).any() and not np.isnan(kp).any()  # other points kept, input untouched
+
+
+def test_several_datasets_read_as_one_with_the_first_ones_stats(root, tmp_path):
+    other = write_synthetic_dataset(tmp_path / "other", num_episodes=2, length=(6, 9), image_size=32, seed=5)
+    first = RobotDataset(root, stage=1, image_size=32, seed=1)
+    second = RobotDataset(other, stage=1, image_size=32, seed=1, stats=first.stats)
+    both = RobotDatasets([first, second])
+    assert len(both) == 44 + 15 and both.stats is first.stats and both.cameras == first.cameras
+    np.testing.assert_array_equal(both[3]["actions"], first[3]["actions"])
+    np.testing.assert_array_equal(both[44 + 2]["images"], second[2]["images"])
+    np.testing.assert_array_equal(both[59 + 44 + 2]["images"], second[2 + 15]["images"])  # a re-draw
+    assert not np.array_equal(both[59 + 44 + 2]["images"], both[44 + 2]["images"])
+    keyed = write_synthetic_dataset(tmp_path / "keyed", num_episodes=1, length=8, image_size=32, keypoints=True)
+    with pytest.raises(ValueError, match="num_keypoints"):
+        RobotDatasets([first, RobotDataset(keyed, image_size=32, stats=first.stats)])
+    with pytest.raises(ValueError, match="at least one"):
+        RobotDatasets([])

@@ -58,3 +58,31 @@ def test_config_validation(tmp_path):
     (tmp_path / "x" / "f").write_text("")
     with pytest.raises(FileExistsError, match="overwrite"):
         collect(_cfg(tmp_path / "x"))
+
+
+def test_dagger_collection_records_the_expert_after_a_policy_prefix(tmp_path):
+    from instructvla.policy import Policy
+    from instructvla.sim.collect import DaggerConfig
+
+    Policy.random_tiny().model.save_pretrained(tmp_path / "policy")
+    dagger = DaggerConfig(policy=str(tmp_path / "policy"), first_step=5, last_step=5, open_loop_k=4)
+    res = collect(_cfg(tmp_path / "ds", tasks=["pick/any"], episodes=2, workers=0, multimodal_samples=0,
+                       cameras=["primary"], dagger=dagger))
+    assert res.attempts == 2 and res.errors == 0 and res.episodes_kept >= 1
+    plain = collect(_cfg(tmp_path / "plain", tasks=["pick/any"], episodes=2, workers=0, multimodal_samples=0,
+                         cameras=["primary"]))
+    r, p = LeRobotDatasetReader(res.out), LeRobotDatasetReader(plain.out)
+    # same seeds: the corrections start where the random policy left the arm after 5 steps, not at the home pose
+    assert not np.allclose(r.column("observation.state")[0], p.column("observation.state")[0])
+    assert r.num_episodes == res.episodes_kept
+
+
+def test_dagger_config_validation(tmp_path):
+    from instructvla.sim.collect import DaggerConfig
+
+    with pytest.raises(ValueError, match="first_step"):
+        DaggerConfig(first_step=10, last_step=5)
+    with pytest.raises(ValueError, match="open_loop_k"):
+        DaggerConfig(open_loop_k=0)
+    with pytest.raises(ValueError, match="not a saved model folder"):
+        DaggerConfig(policy=str(tmp_path))

@@ -76,3 +76,61 @@ def test_expert_picks_from_an_open_drawer(task):
     env = make_env(task, render=False)
     ok, _ = run_episode(env, make_expert(env), 0)
     assert ok and env.task.layout.objects[0].in_drawer is not None
+
+
+def _drive_beside_target(env, seed, grip_after, dz):
+    """Move the gripper 2.5 cm beside the target at `dz` above its centre; close it after `grip_after` steps."""
+    from instructvla.sim.experts import Expert
+    from instructvla.sim.scene import top_down_mat
+
+    obs, _ = env.reset(seed=seed)
+    scene = env.unwrapped.scene
+    p = scene.object_pos(env.unwrapped.task.args["target"])
+    ang = np.random.default_rng(seed).uniform(0, 2 * np.pi)
+    goal = p + np.array([0.025 * np.cos(ang), 0.025 * np.sin(ang), dz])
+    for t in range(40):
+        pos, mat = scene.tcp_pose()
+        obs, *_ = env.step(Expert._delta(goal - pos, top_down_mat(0.0), mat, 1.0 if t < grip_after else 0.0))
+    return obs
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_take_over_recovers_from_a_state_the_plan_never_visits(closed):
+    env = make_env("pick/any", render=False)
+    expert = make_expert(env)
+    wins = 0
+    for seed in range(4):
+        # open: beside the object mid-descent; closed: shut in the air above its top (nothing in the hand)
+        obs = _drive_beside_target(env, seed, grip_after=30 if closed else 99, dz=0.08 if closed else 0.02)
+        scene = env.unwrapped.scene
+        assert (scene.gripper_openness() < 0.9) == closed
+        expert.reset(seed)
+        expert.take_over()
+        first = expert.act(obs)
+        names = [w.name for w in expert.plan]
+        assert names[-3:] == ["descend", "close", "lift"] and "above" not in names
+        assert (names[0] == "reopen") == closed and first[6] == 1.0  # a closed gripper lets go first
+        while True:
+            obs, _, term, trunc, info = env.step(expert.act(obs))
+            if term or trunc:
+                break
+        wins += bool(info["success"])
+    assert wins >= 3
+
+
+def test_take_over_keeps_a_held_object():
+    env = make_env("place_on/any", render=False)
+    expert = make_expert(env)
+    obs, info = env.reset(seed=0)
+    expert.reset(0)
+    scene, target = env.unwrapped.scene, env.unwrapped.task.args["target"]
+    while not scene.is_grasped(target) or expert.plan[expert._i].name != "lift":
+        obs, *_ = env.step(expert.act(obs))
+    expert.take_over()
+    expert.act(obs)
+    assert [w.name for w in expert.plan] == ["lift", "carry", "lower", "release", "retreat"]
+    while True:
+        obs, _, term, trunc, info = env.step(expert.act(obs))
+        if term or trunc:
+            break
+    assert info["success"]

@@ -171,3 +171,19 @@ def test_stage1_from_a_plain_vlm_folder(data, tmp_path):
     ref = Backbone.from_pretrained(tmp_path / "vlm").hf.state_dict()
     got = parts.model.backbone.hf.state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref if "embed_tokens" not in k and "lm_head" not in k)
+
+
+def test_stage1_continues_a_stage1_model_on_extra_datasets(stage1_dir, data, tmp_path):
+    """init = a trained Expert: its action expert and normalisation carry on (e.g. DAgger corrections added)."""
+    extra = write_synthetic_dataset(tmp_path / "extra", num_episodes=1, length=7, image_size=32, seed=9)
+    cfg = _cfg(tmp_path / "more", stage=1, dataset=data["robot"], extra_datasets=[extra], init=str(stage1_dir))
+    parts = build_parts(cfg, ONE)
+    before = InstructVLA.from_pretrained(stage1_dir)
+    assert len(parts.primary) == 12 + 7 and parts.primary.stats == before.norm_stats
+    same = parts.model.action_expert.state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in before.action_expert.state_dict().items())
+    run_training(cfg, parts, ONE)
+    after = InstructVLA.from_pretrained(tmp_path / "more" / "model")
+    assert after.config.stage == 1 and after.norm_stats == before.norm_stats
+    changed = after.action_expert.state_dict()
+    assert any(not torch.equal(v, changed[k]) for k, v in before.action_expert.state_dict().items())

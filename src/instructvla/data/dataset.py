@@ -35,7 +35,7 @@ ACTION_KEY = "action"
 STATE_KEY = "observation.state"
 MOTION_KEY = "language_motion"
 
-__all__ = ["RobotDataset", "MultimodalDataset", "ResumableSampler", "collate_samples", "dataset_norm_stats"]
+__all__ = ["RobotDataset", "RobotDatasets", "MultimodalDataset", "ResumableSampler", "collate_samples", "dataset_norm_stats"]
 
 
 def dataset_norm_stats(reader: LeRobotDatasetReader, episodes: Sequence[int] | None = None) -> dict:
@@ -178,6 +178,40 @@ class RobotDataset(Dataset):
         if objects is not None:
             sample["object_keypoints"] = objects
         return sample
+
+
+class RobotDatasets(Dataset):
+    """Several `RobotDataset`s read as one (e.g. demonstrations + DAgger corrections), all normalised with the first's
+    stats. Index k reads item k % len, re-drawn for draw k // len, like a single RobotDataset."""
+
+    def __init__(self, parts: Sequence[RobotDataset]):
+        if not parts:
+            raise ValueError("RobotDatasets: give at least one dataset")
+        first = parts[0]
+        for i, d in enumerate(parts[1:], 1):
+            for name in ("num_keypoints", "num_object_keypoints", "image_size", "chunk_size", "use_state"):
+                if getattr(d, name) != getattr(first, name):
+                    raise ValueError(f"robot dataset {i} ({d.reader.root}) has {name}={getattr(d, name)!r}, "
+                                     f"dataset 0 ({first.reader.root}) has {getattr(first, name)!r}")
+            if len(d.cameras) != len(first.cameras):
+                raise ValueError(f"robot dataset {i} ({d.reader.root}) has cameras {d.cameras}, dataset 0 has "
+                                 f"{first.cameras}")
+        self.parts = list(parts)
+        self.cameras, self.stats = first.cameras, first.stats
+        self.num_keypoints, self.num_object_keypoints = first.num_keypoints, first.num_object_keypoints
+        self._ends = np.cumsum([len(d) for d in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, k: int) -> Sample:
+        k = int(k)
+        if k < 0:
+            raise IndexError(f"negative sample index {k}")
+        draw, i = divmod(k, len(self))
+        part = int(np.searchsorted(self._ends, i, side="right"))
+        local = i - (int(self._ends[part - 1]) if part else 0)
+        return self.parts[part][local + draw * len(self.parts[part])]
 
 
 class ResumableSampler(Sampler[int]):

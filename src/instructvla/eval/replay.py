@@ -24,11 +24,11 @@ class DatasetReplay:
 
     def infer(self, views: dict[str, np.ndarray], row: int, prompt: str) -> dict:
         """The policy's reply (fresh episode) to `views`, the state of global frame `row` and `prompt`."""
-        from instructvla.eval.rollout import _policy_obs
+        from instructvla.eval.rollout import policy_observation
 
         obs = {**views, "state": None if self.states is None else self.states[row]}
         self.policy.reset()
-        return self.policy.infer(_policy_obs(obs, prompt, self.policy.request_spec, False))
+        return self.policy.infer(policy_observation(obs, prompt, self.policy.request_spec, False))
 
 
 def open_replay(policy_dir: str, dataset: str, center_crop_area: float = 0.9) -> DatasetReplay:

@@ -27,7 +27,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpisodeJob", "EpisodeResult", "RolloutConfig", "make_policy_config", "run_episode", "run_jobs"]
+__all__ = ["EpisodeJob", "EpisodeResult", "RolloutConfig", "make_policy_config", "policy_observation", "run_episode",
+           "run_jobs"]
 
 EXECUTIONS = ("ensemble", "open_loop")
 
@@ -119,7 +120,7 @@ class EpisodeResult:
         return d
 
 
-def _policy_obs(obs: dict, instruction: str, spec: Any, think: bool) -> dict:
+def policy_observation(obs: dict, instruction: str, spec: Any, think: bool = False) -> dict:
     """Env observation -> Policy observation: only the inputs the policy takes (it rejects the others)."""
     out: dict[str, Any] = {"observation/image": obs["image"], "prompt": instruction,
                            "options": {"think": bool(think)}}
@@ -177,7 +178,7 @@ def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bo
     success = False
     while steps < max_steps:
         if chunker is None or chunker.needs_chunk():
-            out = policy.infer(_policy_obs(obs, instruction, spec, cfg.think))
+            out = policy.infer(policy_observation(obs, instruction, spec, cfg.think))
             calls += 1
             text = out.get("text") or ""
             if cfg.think and text and (not replies or replies[-1][1] != text):

@@ -10,6 +10,12 @@ Output directory:
                         from the first frame's scene graph.
     multimodal/         rendered scenes + caption/VQA records (split "train" or "heldout"; data/multimodal.py).
 
+With `dagger.policy` set, each episode is DAgger-style correction data instead of a plain demonstration: a saved
+policy drives the episode from its start (open loop, as in evaluation) to a random step, then the scripted expert
+takes over from the state the policy reached (`Expert.take_over`) and only the expert's part is recorded. These are
+the states a policy visits in closed loop and the demonstrations never do (a gripper beside the object mid-descent,
+closed on nothing), labelled with the actions that recover from them.
+
 Episodes are attempted in a fixed order with seeds derived from (seed, attempt); workers run them in parallel
 (spawn, LP_NUM_THREADS=1 each) and also encode each kept episode's videos; the parent only stream-copies those mp4s
 into the dataset's video files and writes the tables, in attempt order, so the dataset does not depend on the number
@@ -18,6 +24,7 @@ of workers. Only successful episodes are kept; the failure count is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -32,6 +39,39 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 _CAMERA_KEYS = {"primary": "image", "wrist": "wrist_image"}
+
+
+@dataclass
+class DaggerConfig:
+    """Policy-driven prefixes for correction data (off when `policy` is None).
+
+    policy:            a saved model folder (stage 1 or 2) that drives each episode before the expert takes over.
+    first_step / last_step: the take-over step is drawn uniformly from [first_step, last_step]; episodes the policy
+                       ends before it (success or step limit) record nothing and count as `policy_finished`.
+    open_loop_k:       actions of each chunk the policy executes before it is queried again (as in evaluation).
+    noise_scale:       the policy's flow-matching starting noise (0 = deterministic chunks, as the quick demo evaluates).
+    center_crop_area:  the policy's test-time center crop (0.9 mirrors crop-augmented training).
+    """
+
+    policy: str | None = None
+    first_step: int = 8
+    last_step: int = 60
+    open_loop_k: int = 12
+    noise_scale: float = 0.0
+    center_crop_area: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.first_step <= self.last_step:
+            raise ValueError(f"DaggerConfig: need 0 <= first_step <= last_step, got {self.first_step}, "
+                             f"{self.last_step}")
+        if self.open_loop_k < 1:
+            raise ValueError(f"DaggerConfig.open_loop_k must be >= 1, got {self.open_loop_k}")
+        if self.noise_scale < 0:
+            raise ValueError(f"DaggerConfig.noise_scale must be >= 0, got {self.noise_scale}")
+        if not 0.0 < self.center_crop_area <= 1.0:
+            raise ValueError(f"DaggerConfig.center_crop_area must be in (0, 1], got {self.center_crop_area}")
+        if self.policy is not None and not (Path(self.policy) / "config.json").is_file():
+            raise ValueError(f"DaggerConfig.policy: {self.policy} is not a saved model folder (no config.json)")
 
 
 @dataclass
@@ -58,6 +98,7 @@ class CollectConfig:
                          and observation.object_keypoints / observation.object_visible (every catalogue object's and
                          fixture's (u, v) there, and whether it is in the scene: dense grounding labels).
     overwrite:           replace an existing output directory.
+    dagger:              policy-driven prefixes: correction data instead of demonstrations (see DaggerConfig).
     """
 
     out: str = "data/tabletop"
@@ -76,6 +117,7 @@ class CollectConfig:
     annotate: bool = True
     keypoints: bool = True
     overwrite: bool = False
+    dagger: DaggerConfig = field(default_factory=DaggerConfig)
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -120,16 +162,22 @@ class CollectResult:
     seconds: float
     first_error: str = ""
     steady_seconds: float = 0.0  # from the first to the last finished episode (excludes worker start-up)
+    policy_finished: int = 0  # dagger: episodes the policy ended before the take-over step (nothing recorded)
+
+    @property
+    def attempts(self) -> int:
+        """Episodes attempted."""
+        return self.episodes_kept + self.failures + self.errors + self.policy_finished
 
     @property
     def episodes_per_minute(self) -> float:
         """Episode attempts per minute, end to end (worker start-up and writing included)."""
-        return (self.episodes_kept + self.failures + self.errors) / max(self.seconds, 1e-9) * 60.0
+        return self.attempts / max(self.seconds, 1e-9) * 60.0
 
     @property
     def steady_episodes_per_minute(self) -> float:
         """Attempts per minute between the first and the last finished episode (start-up excluded)."""
-        n = self.episodes_kept + self.failures + self.errors - 1
+        n = self.attempts - 1
         return n / self.steady_seconds * 60.0 if n > 0 and self.steady_seconds > 0 else float("nan")
 
 
@@ -156,6 +204,7 @@ def resolve_tasks(cfg: CollectConfig) -> list[Any]:
 
 # ------------------------------------------------------------------------------------------------ worker side
 _ENVS: dict[str, Any] = {}
+_POLICIES: dict[str, Any] = {}
 
 
 def _worker_init() -> None:
@@ -176,6 +225,41 @@ def _env_for(task: Any, camera_size: int, cameras: tuple[str, ...]):
 def _close_envs() -> None:
     while _ENVS:
         _ENVS.popitem()[1].close()
+    _POLICIES.clear()
+
+
+def _policy_for(dagger: dict) -> Any:
+    if dagger["policy"] not in _POLICIES:
+        import torch
+
+        from instructvla.policy import Policy, PolicyConfig
+
+        torch.set_num_threads(1)
+        _POLICIES[dagger["policy"]] = Policy.from_pretrained(dagger["policy"], PolicyConfig(
+            ensemble=False, noise_scale=dagger["noise_scale"], center_crop_area=dagger["center_crop_area"]))
+    return _POLICIES[dagger["policy"]]
+
+
+def _drive_with_policy(env: Any, obs: dict, info: dict, dagger: dict, seed: int) -> tuple[dict, dict, bool]:
+    """Let the policy act until the drawn take-over step; returns (obs, info, whether the episode already ended)."""
+    import dataclasses
+
+    from instructvla.eval.ensemble import OpenLoopChunker
+    from instructvla.eval.rollout import policy_observation
+
+    policy = _policy_for(dagger)
+    policy.config = dataclasses.replace(policy.config, seed=seed)
+    policy.reset()
+    takeover = int(np.random.default_rng([seed, 4]).integers(dagger["first_step"], dagger["last_step"] + 1))
+    chunker = OpenLoopChunker(dagger["open_loop_k"])
+    instruction = info["instruction"]
+    for _ in range(takeover):
+        if chunker.needs_chunk():
+            chunker.set_chunk(policy.infer(policy_observation(obs, instruction, policy.request_spec))["actions"])
+        obs, _, terminated, truncated, info = env.step(chunker.pop())
+        if terminated or truncated or info.get("success"):
+            return obs, info, True
+    return obs, info, False
 
 
 def _run_episode(job: dict) -> dict:
@@ -188,6 +272,11 @@ def _run_episode(job: dict) -> dict:
         obs, info = env.reset(seed=seed)
         expert = make_expert(env, noise_prob=job["noise"], seed=seed)
         expert.reset(seed=seed)
+        if job["dagger"]["policy"]:
+            obs, info, ended = _drive_with_policy(env, obs, info, job["dagger"], seed)
+            if ended:
+                return {"attempt": job["attempt"], "success": False, "policy_finished": True}
+            expert.take_over()
         graph = env.unwrapped.scene_graph()
         images: dict[str, list[np.ndarray]] = {c: [] for c in job["cameras"]}
         states, actions, keypoints, objects = [], [], [], []
@@ -279,7 +368,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
     tmp = out / ".collect-tmp"  # per-episode videos encoded by the workers, removed once appended
     jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": tasks[i % len(tasks)], "seed": cfg.seed,
                          "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams, "fps": fps,
-                         "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate, "keypoints": cfg.keypoints}
+                         "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate, "keypoints": cfg.keypoints,
+                         "dagger": dataclasses.asdict(cfg.dagger)}
                         for i in range(cfg.episodes)]
     n_held = round(cfg.multimodal_samples * cfg.heldout_fraction)
     jobs += [{"kind": "scene", "index": j, "task": tasks[j % len(tasks)], "seed": cfg.seed,
@@ -289,7 +379,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
 
     features = robot_features({c: (cfg.camera_size, cfg.camera_size) for c in cams}, keypoints=cfg.keypoints,
                               object_names=object_keypoint_names() if cfg.keypoints else ())
-    kept = failures = errors = frames = n_records = 0
+    kept = failures = errors = frames = n_records = finished = 0
     first_error = ""
     annotations: list[dict] = []
     writer = LeRobotDatasetWriter(out, fps, features, robot_type="tabletop_arm7", video=VideoConfig(codec=cfg.codec),
@@ -312,6 +402,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
                         errors += 1
                         first_error = first_error or f"episode {res['attempt']}: {res['error']}"
                         logger.warning("episode %d errored: %s", res["attempt"], res["error"])
+                    elif res.get("policy_finished"):
+                        finished += 1
                     elif not res["success"]:
                         failures += 1
                     else:
@@ -328,7 +420,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
                     logger.warning("multimodal scene %d errored: %s", res["index"], res["error"])
                 elif mm is not None:
                     n_records += mm.add(res["image"], res["records"], res["split"])
-                progress.update(bar, advance=1, info=f"kept {kept} failed {failures} errors {errors}")
+                progress.update(bar, advance=1, info=f"kept {kept} failed {failures} errors {errors}"
+                                + (f" policy-finished {finished}" if finished else ""))
     except BaseException:
         writer.abort()
         raise
@@ -343,13 +436,16 @@ def collect(cfg: CollectConfig) -> CollectResult:
         shutil.rmtree(tmp, ignore_errors=True)
     if kept == 0:
         writer.abort()
-        raise RuntimeError(f"no successful episode in {cfg.episodes} attempts ({failures} failed, {errors} errored"
+        raise RuntimeError(f"no successful episode in {cfg.episodes} attempts ({failures} failed, {errors} errored, "
+                           f"{finished} ended by the policy before the take-over"
                            + (f"; first error: {first_error}" if first_error else "") + ")")
     writer.finalize()
     if annotations:
         write_annotations(out, annotations)
     result = CollectResult(str(out), kept, failures, errors, frames, n_records, time.perf_counter() - t0, first_error,
-                           (t_last - t_first) if t_first is not None else 0.0)
-    logger.info("collected %d episodes (%d frames) into %s; %d failed, %d errored; %d multimodal records; %.1fs",
-                kept, frames, out, failures, errors, n_records, result.seconds)
+                           (t_last - t_first) if t_first is not None else 0.0, finished)
+    logger.info("collected %d episodes (%d frames) into %s; %d failed, %d errored%s; %d multimodal records; %.1fs",
+                kept, frames, out, failures, errors,
+                f", {finished} ended by the policy before the take-over" if cfg.dagger.policy else "", n_records,
+                result.seconds)
     return result

@@ -106,6 +106,17 @@ class Expert:
         self._stall = 0
         self._target: np.ndarray | None = None
         self._planned_for = None
+        self._from_here = False
+
+    def take_over(self) -> None:
+        """Re-plan on the next `act` from the scene as it is now, after something else (a policy) drove the episode.
+
+        Pick-based families recover from where the gripper is: hold on to a grasped target and carry on, or re-open
+        a gripper closed on nothing, rise clear of the target if the fingers are beside it, align above it and grasp
+        again. Other families re-plan from the current scene. The actions are the corrections DAgger-style data
+        needs: what to do from the states a policy actually reaches.
+        """
+        self._planned_for, self._from_here = None, True
 
     @property
     def done(self) -> bool:
@@ -114,10 +125,10 @@ class Expert:
 
     def act(self, obs: dict | None = None) -> np.ndarray:
         """The (7,) action to execute now. `last_clean_action` holds the noise-free one (record that)."""
-        if self._planned_for is not self.env.task:  # a new episode: plan from the current scene
+        if self._planned_for is not self.env.task:  # a new episode (or a take-over): plan from the current scene
             self._cache = {}
             self.plan = self._make_plan()
-            self._planned_for = self.env.task
+            self._planned_for, self._from_here = self.env.task, False
             self._i, self._held, self._steps_in, self._target = 0, 0, 0, None
             self._best_err, self._stall = np.inf, 0
         clean, wp = self._clean_action()
@@ -225,7 +236,8 @@ class Expert:
     ) -> list[Waypoint]:
         scene = self.env.scene
         p = scene.object_pos(name)
-        surface = p[2] - O.object_half_height(CATALOG[name]) - 0.002
+        hh = O.object_half_height(CATALOG[name])
+        surface = p[2] - hh - 0.002
         yaw = _grasp_yaw(name, scene.object_mat(name))
         rot = top_down_mat(yaw)
         gz = grasp_height(name, p, surface)
@@ -242,11 +254,40 @@ class Expert:
             return tcp + np.array([0, 0, rise])
 
         self._last_pick_rot, self._grasp_yaw_last = rot, yaw
+        lift = Waypoint(lift_target, rot, CLOSED, tol=0.015, name="lift")
+        if self._from_here:
+            return self._pick_from_here(name, p, hh, rot, above, grasp, lift)
         return [
             Waypoint(above, rot, OPEN, tol=0.012, noisy=True, name="above"),
             Waypoint(grasp, rot, OPEN, tol=0.006, name="descend"),
             Waypoint(grasp, rot, CLOSED, tol=0.02, wait=4, name="close"),
-            Waypoint(lift_target, rot, CLOSED, tol=0.015, name="lift"),
+            lift,
+        ]
+
+    def _pick_from_here(
+        self, name: str, p: np.ndarray, hh: float, rot: np.ndarray, above: np.ndarray, grasp: np.ndarray,
+        lift: Waypoint,
+    ) -> list[Waypoint]:
+        """`_pick` from wherever the gripper is now (see `take_over`)."""
+        scene = self.env.scene
+        pos, mat = scene.tcp_pose()
+        if scene.is_grasped(name) and scene.gripper_openness() < 0.9:
+            lift.mat = mat  # carry the object the way it is held
+            self._last_pick_rot = mat
+            return [lift]
+        plan = []
+        if scene.gripper_openness() < 0.9:  # closed (or closing) on nothing: let go first
+            plan.append(Waypoint(pos.copy(), mat, OPEN, tol=0.03, wait=3, name="reopen"))
+        if np.linalg.norm(pos[:2] - p[:2]) > 0.006:  # not above the target: align before going down
+            clear_z = p[2] + hh + 0.03  # fingertips above the target's top
+            if pos[2] < clear_z:
+                plan.append(Waypoint(np.array([pos[0], pos[1], clear_z]), rot, OPEN, tol=0.01, name="rise"))
+            z = float(np.clip(pos[2], clear_z, above[2]))
+            plan.append(Waypoint(np.array([p[0], p[1], z]), rot, OPEN, tol=0.008, name="align"))
+        return plan + [
+            Waypoint(grasp, rot, OPEN, tol=0.006, name="descend"),
+            Waypoint(grasp, rot, CLOSED, tol=0.02, wait=4, name="close"),
+            lift,
         ]
 
     def _place_at(

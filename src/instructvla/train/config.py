@@ -35,8 +35,11 @@ class TrainConfig:
 
     stage: int = 1  # 0 | 1 | 2
     dataset: str | None = None  # LeRobot v3 dataset folder (robot data; stages 1 and 2)
+    extra_datasets: list[str] = field(default_factory=list)  # more LeRobot folders read with `dataset` (e.g. DAgger
+    #                                                          corrections), normalised with the first one's stats
     multimodal: str | None = None  # multimodal corpus folder (stage 0, stage-2 co-training)
-    init: str | None = None  # start from: a VLM folder (stage 0/1), a stage-1 run's model folder (stage 2)
+    init: str | None = None  # start from: a VLM folder (stage 0/1), a stage-1 run's model folder (stage 2, or stage 1
+    #                          to continue training that Expert, e.g. on DAgger corrections)
     preset: str = "tiny"  # model preset when building from scratch: tiny | small | base
     out: str = "runs/train"  # run folder: checkpoints/, metrics.jsonl, model/ (the final save_pretrained folder)
     steps: int = 1000  # training iterations (a stage-2 iteration = robot step + multimodal step)

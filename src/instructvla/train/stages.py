@@ -103,7 +103,7 @@ def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0, nu
 
     stage 0: preset (or `init` VLM/InstructVLA folder) with the whole VLM trainable.
     stage 1: the VLM of `init` (an HF VLM folder or a stage-0 InstructVLA folder; preset if None) + a fresh action
-             LoRA and action expert.
+             LoRA and action expert; or, when `init` is a stage-1 model, that model itself (continued training).
     stage 2: `to_stage2(init)` (a stage-1 folder); with no_moe the stage-1 model itself.
     num_keypoints: stage 1: K > 0 gives the fresh action expert a keypoint readout (labels from the dataset).
     num_objects: stage 1: M > 0 gives that readout M object queries (dense labels from the dataset).
@@ -113,7 +113,11 @@ def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0, nu
     from instructvla.model.vla import _EXPERT_FOR_PRESET, InstructVLA
 
     overrides = _action_overrides(cfg, num_views, num_keypoints, num_objects)
-    if cfg.stage in (0, 1):
+    if continues_expert(cfg):
+        model = InstructVLA.from_pretrained(cfg.init)
+        check_model_matches(model, cfg, num_views)
+        model.action_expert.cfg = dataclasses.replace(model.action_expert.cfg, noise_repeats=cfg.noise_repeats)
+    elif cfg.stage in (0, 1):
         backbone, name = None, cfg.preset
         if cfg.init:
             init = Path(cfg.init)
@@ -140,6 +144,17 @@ def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0, nu
     return model
 
 
+def continues_expert(cfg: TrainConfig) -> bool:
+    """Stage 1 from a trained stage-1 model: keep training that Expert (its LoRA, action expert and normalisation).
+    A stage-0 folder has the same config stage but no normalisation stats: only its VLM is taken."""
+    from instructvla.model.vla import NORM_FILE
+
+    if cfg.stage != 1 or not cfg.init or not _is_instructvla_dir(Path(cfg.init)):
+        return False
+    init = Path(cfg.init)
+    return json.loads((init / "config.json").read_text()).get("stage") == 1 and (init / NORM_FILE).is_file()
+
+
 def check_model_matches(model, cfg: TrainConfig, num_views: int) -> None:
     """A model from `init` must agree with the run on chunk length, state use and camera count."""
     ae = model.action_expert.cfg
@@ -151,13 +166,18 @@ def check_model_matches(model, cfg: TrainConfig, num_views: int) -> None:
 
 # ------------------------------------------------------------------------------------------ data
 def build_robot_dataset(cfg: TrainConfig, image_size: int, stats: dict | None):
-    from instructvla.data.dataset import RobotDataset
+    from instructvla.data.dataset import RobotDataset, RobotDatasets
     from instructvla.data.lerobot import KEYPOINTS_KEY, OBJECT_KEYPOINTS_KEY
 
-    robot = RobotDataset(cfg.dataset, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
-                         augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
-                         mixture=cfg.mixture, keypoints=cfg.keypoints, cameras=cfg.cameras or None,
-                         hide_held_target=cfg.hide_held_target, object_keypoints=cfg.object_keypoint_weight > 0)
+    parts = []
+    for root in [cfg.dataset, *cfg.extra_datasets]:  # the first one's stats normalise them all
+        parts.append(RobotDataset(root, stage=cfg.stage, chunk_size=cfg.chunk_size, use_state=cfg.use_state,
+                                  augment=cfg.augment, stats=stats, seed=cfg.seed, image_size=image_size,
+                                  mixture=cfg.mixture, keypoints=cfg.keypoints, cameras=cfg.cameras or None,
+                                  hide_held_target=cfg.hide_held_target,
+                                  object_keypoints=cfg.object_keypoint_weight > 0))
+        stats = parts[0].stats
+    robot = parts[0] if len(parts) == 1 else RobotDatasets(parts)
     if cfg.keypoints and robot.num_keypoints == 0:
         raise ValueError(f"keypoints: {cfg.dataset} has no {KEYPOINTS_KEY!r} labels for its primary camera "
                          "(collect with keypoints=true, or train with --keypoints=false)")
@@ -224,17 +244,17 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
     """Model, datasets, collate and export for `cfg.stage` (all ranks build the same model from the same seed)."""
     logger.info("stage %d: %s", cfg.stage, STAGE_NAMES[cfg.stage])
     image_size = cfg.image_size
-    if cfg.stage == 2:  # the stage-1 model fixes the frame size
+    if cfg.stage == 2 or continues_expert(cfg):  # the stage-1 model fixes the frame size
         image_size = int(json.loads((Path(cfg.init) / "config.json").read_text()).get("image_size", image_size))
     robot = None
     if cfg.stage in (1, 2):
         stats = None
-        if cfg.stage == 2:
+        if cfg.stage == 2 or continues_expert(cfg):
             from instructvla.model.vla import NORM_FILE
 
             norm = Path(cfg.init) / NORM_FILE
             if not norm.is_file():
-                raise ValueError(f"init: {cfg.init} has no {NORM_FILE}; stage 2 reuses the stage-1 normalisation")
+                raise ValueError(f"init: {cfg.init} has no {NORM_FILE}; a stage-1 model's normalisation is reused")
             stats = json.loads(norm.read_text())  # mismatched dims raise inside the dataset
         robot = build_robot_dataset(cfg, image_size, stats)
         num_views, num_keypoints, num_objects = len(robot.cameras), robot.num_keypoints, robot.num_object_keypoints
