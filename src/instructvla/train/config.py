@@ -146,6 +146,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The config a run saved (`train_config.json`); unknown keys are an error naming them."""
+        from dataclasses import fields
+
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}")
+        mixture = d.get("mixture")
+        return cls(**{**d, **({"mixture": MixtureConfig(**mixture)} if isinstance(mixture, dict) else {})})
+
 
 def check_resume_compatible(saved: dict, current: TrainConfig) -> None:
     """Raise if a field that shapes the run differs between a checkpoint's config and this one."""
