@@ -86,3 +86,10 @@ def test_dagger_config_validation(tmp_path):
         DaggerConfig(open_loop_k=0)
     with pytest.raises(ValueError, match="not a saved model folder"):
         DaggerConfig(policy=str(tmp_path))
+    from instructvla.model.vla import InstructVLA
+
+    InstructVLA.from_preset("tiny", action_expert_overrides={"num_views": 2}).save_pretrained(tmp_path / "two_views")
+    dagger = DaggerConfig(policy=str(tmp_path / "two_views"))
+    assert dagger.policy_views() == 2
+    with pytest.raises(ValueError, match="reads 2 views"):
+        CollectConfig(cameras=["primary"], dagger=dagger)

@@ -73,6 +73,13 @@ class DaggerConfig:
         if self.policy is not None and not (Path(self.policy) / "config.json").is_file():
             raise ValueError(f"DaggerConfig.policy: {self.policy} is not a saved model folder (no config.json)")
 
+    def policy_views(self) -> int:
+        """Camera views the policy reads (primary, then wrist)."""
+        import json
+
+        config = json.loads((Path(self.policy) / "config.json").read_text())
+        return int(config.get("_action_expert_config", {}).get("num_views", 1))
+
 
 @dataclass
 class CollectConfig:
@@ -142,6 +149,11 @@ class CollectConfig:
         from instructvla.data.lerobot import VideoConfig
 
         VideoConfig(codec=self.codec)  # validates the codec name
+        if self.dagger.policy is not None:
+            views = self.dagger.policy_views()
+            if views > 1 and "wrist" not in self.cameras:
+                raise ValueError(f"CollectConfig.cameras: the dagger policy reads {views} views (primary and wrist), "
+                                 f"this collection records {self.cameras}")
         if self.fps is not None:
             from instructvla.sim.scene import CONTROL_HZ
 
@@ -207,7 +219,12 @@ _ENVS: dict[str, Any] = {}
 _POLICIES: dict[str, Any] = {}
 
 
+_IN_WORKER = False
+
+
 def _worker_init() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     os.environ["LP_NUM_THREADS"] = "1"
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -230,11 +247,13 @@ def _close_envs() -> None:
 
 def _policy_for(dagger: dict) -> Any:
     if dagger["policy"] not in _POLICIES:
-        import torch
-
         from instructvla.policy import Policy, PolicyConfig
 
-        torch.set_num_threads(1)
+        if _IN_WORKER:  # one thread per worker process (in-process runs keep the caller's setting)
+            import torch
+
+            torch.set_num_threads(1)
+
         _POLICIES[dagger["policy"]] = Policy.from_pretrained(dagger["policy"], PolicyConfig(
             ensemble=False, noise_scale=dagger["noise_scale"], center_crop_area=dagger["center_crop_area"]))
     return _POLICIES[dagger["policy"]]
@@ -242,8 +261,6 @@ def _policy_for(dagger: dict) -> Any:
 
 def _drive_with_policy(env: Any, obs: dict, info: dict, dagger: dict, seed: int) -> tuple[dict, dict, bool]:
     """Let the policy act until the drawn take-over step; returns (obs, info, whether the episode already ended)."""
-    import dataclasses
-
     from instructvla.eval.ensemble import OpenLoopChunker
     from instructvla.eval.rollout import policy_observation
 
