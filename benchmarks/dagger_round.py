@@ -31,14 +31,13 @@ import closed_loop_diagnostics as cld  # noqa: E402
 STEP_CAP = 10**9  # --minutes alone bounds the continuations
 
 
-def _camera_setup(model_dir: Path, dataset: str) -> tuple[int, list[str]]:
-    """(camera size, cameras) of the run's dataset that the Expert reads."""
+def _camera_setup(views: int, dataset: str) -> tuple[int, list[str]]:
+    """(camera size, cameras) of the run's dataset that an Expert reading `views` cameras takes."""
     from instructvla.data.dataset import primary_first
     from instructvla.data.lerobot import LeRobotDatasetReader
 
     reader = LeRobotDatasetReader(dataset)
     keys = primary_first(reader.camera_keys)
-    views = int(json.loads((model_dir / "config.json").read_text())["_action_expert_config"]["num_views"])
     if len(keys) < views:
         raise ValueError(f"{dataset}: the Expert reads {views} cameras, the dataset has {keys}")
     return int(reader.features[keys[0]]["shape"][0]), [k.rsplit(".", 1)[-1] for k in keys[:views]]
@@ -59,11 +58,11 @@ def run_round(run: str, out: str, minutes: float | None = 5.0, steps: int | None
     base = TrainConfig.from_dict(saved)
     if base.stage != 1:
         raise ValueError(f"{run}: a stage-1 run is needed, this one is stage {base.stage}")
-    camera_size, cameras = _camera_setup(model, base.dataset)
+    dagger = DaggerConfig(policy=str(model), first_step=first_step, last_step=last_step, open_loop_k=open_loop_k)
+    camera_size, cameras = _camera_setup(dagger.policy_views(), base.dataset)
     res = collect(CollectConfig(
         out=str(out_dir / "corrections"), suite=suite, episodes=episodes, workers=workers, camera_size=camera_size,
-        cameras=cameras, seed=seed, multimodal_samples=0, overwrite=True,
-        dagger=DaggerConfig(policy=str(model), first_step=first_step, last_step=last_step, open_loop_k=open_loop_k),
+        cameras=cameras, seed=seed, multimodal_samples=0, overwrite=True, dagger=dagger,
     ))
     trained: dict[str, dict[str, Any]] = {}
     earlier = list(saved.get("extra_datasets") or [])  # a later round keeps the corrections it was trained on

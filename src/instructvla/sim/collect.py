@@ -217,9 +217,7 @@ def resolve_tasks(cfg: CollectConfig) -> list[Any]:
 # ------------------------------------------------------------------------------------------------ worker side
 _ENVS: dict[str, Any] = {}
 _POLICIES: dict[str, Any] = {}
-
-
-_IN_WORKER = False
+_IN_WORKER = False  # set by _worker_init in spawned worker processes
 
 
 def _worker_init() -> None:

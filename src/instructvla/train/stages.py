@@ -244,12 +244,13 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
     """Model, datasets, collate and export for `cfg.stage` (all ranks build the same model from the same seed)."""
     logger.info("stage %d: %s", cfg.stage, STAGE_NAMES[cfg.stage])
     image_size = cfg.image_size
-    if cfg.stage == 2 or continues_expert(cfg):  # the stage-1 model fixes the frame size
+    from_expert = cfg.stage == 2 or continues_expert(cfg)  # a trained stage-1 model fixes frame size and stats
+    if from_expert:
         image_size = int(json.loads((Path(cfg.init) / "config.json").read_text()).get("image_size", image_size))
     robot = None
     if cfg.stage in (1, 2):
         stats = None
-        if cfg.stage == 2 or continues_expert(cfg):
+        if from_expert:
             from instructvla.model.vla import NORM_FILE
 
             norm = Path(cfg.init) / NORM_FILE
