@@ -19,7 +19,6 @@ Prints one row per episode, a per-task summary table, then one JSON object (the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -52,29 +51,25 @@ def _oracle_hook(policy: Any, center_crop_area: float) -> dict[str, Any]:
 
 def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict[str, Any] | None) -> dict[str, Any]:
     """One rollout with privileged bookkeeping (see the module docstring)."""
-    from instructvla.eval.ensemble import OpenLoopChunker
-    from instructvla.eval.rollout import policy_observation
+    from instructvla.eval.rollout import PolicyDriver
 
     base = env.unwrapped
-    policy.config = dataclasses.replace(policy.config, seed=int(seed))
-    policy.reset()
     obs, info = env.reset(seed=int(seed))
     instruction = str(info["instruction"])
     scene, task = base.scene, base.task
     target = task.args["target"]
-    chunker = OpenLoopChunker(open_loop_k)
+    driver = PolicyDriver(policy, instruction, seed, open_loop_k)
     min_dxy, first_close, grasped, kp_err = math.inf, None, False, []
     success = False
     for step in range(base.max_steps):
-        if chunker.needs_chunk():
+        truth = None
+        if driver.needs_inference:
             truth = np.asarray(base.keypoints(), dtype=np.float64).reshape(-1, 2)
             if oracle is not None:
                 oracle["uv"] = truth
-            out = policy.infer(policy_observation(obs, instruction, policy.request_spec, False))
-            chunker.set_chunk(out["actions"])
-            if out.get("keypoints") is not None and np.isfinite(truth[0]).all():
-                kp_err.append(float(np.abs(np.asarray(out["keypoints"])[0] - truth[0]).mean()))
-        action = chunker.pop()
+        action, out = driver.act(obs)
+        if out is not None and out.get("keypoints") is not None and np.isfinite(truth[0]).all():
+            kp_err.append(float(np.abs(np.asarray(out["keypoints"])[0] - truth[0]).mean()))
         tcp, _ = scene.tcp_pose()
         obj = scene.object_pos(target)
         dxy = float(np.hypot(*(tcp[:2] - obj[:2])))
@@ -114,7 +109,7 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 1000, camera_size: int = 96,
+def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 1000, camera_size: int | None = None,
             open_loop_k: int = 4, noise_scale: float = 0.0, center_crop_area: float = 0.9,
             oracle_keypoints: bool = False, verbose: bool = True) -> dict[str, Any]:
     """Diagnostics of `policy_dir` on atomic-suite `tasks` (episode seeds as `instructvla eval`'s)."""
@@ -124,6 +119,7 @@ def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 10
     policy = Policy.from_pretrained(policy_dir, PolicyConfig(ensemble=False, noise_scale=noise_scale,
                                                              center_crop_area=center_crop_area))
     oracle = _oracle_hook(policy, center_crop_area) if oracle_keypoints else None
+    camera_size = camera_size or int(policy.model.config.image_size)  # render at the side the policy was trained on
     suite = {t.task_id: t for t in get_suite("atomic", num_episodes=episodes, seeds=(seed,))}
     unknown = [t for t in tasks if t not in suite]
     if unknown:
@@ -157,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma list of atomic-suite task ids")
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1000, help="evaluation seed (the demo evaluates with seed + 1000)")
-    ap.add_argument("--camera-size", type=int, default=96)
+    ap.add_argument("--camera-size", type=int, default=None, help="default: the policy's image size")
     ap.add_argument("--open-loop-k", type=int, default=12, help="actions executed per chunk (the quick demo's 12)")
     ap.add_argument("--noise-scale", type=float, default=0.0)
     ap.add_argument("--center-crop-area", type=float, default=0.9)

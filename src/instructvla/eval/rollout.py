@@ -27,8 +27,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EpisodeJob", "EpisodeResult", "RolloutConfig", "make_policy_config", "policy_observation", "run_episode",
-           "run_jobs"]
+__all__ = ["EpisodeJob", "EpisodeResult", "PolicyDriver", "RolloutConfig", "make_policy_config", "policy_observation",
+           "run_episode", "run_jobs"]
 
 EXECUTIONS = ("ensemble", "open_loop")
 
@@ -144,6 +144,43 @@ def _small(frame: np.ndarray, size: int) -> np.ndarray:
                                                     Image.BILINEAR))
 
 
+class PolicyDriver:
+    """The action to execute at each control step of one episode of a policy.
+
+    With `open_loop_k` the first k actions of each chunk run open loop and the policy is asked again when they are
+    used up; with None it is asked every step and its first action runs (the policy's own adaptive ensemble).
+    Creating a driver starts the episode on the policy's side: its noise seed is set to `seed` and its state reset.
+    Evaluation rollouts, DAgger collection and the closed-loop diagnostics all drive policies through this.
+    """
+
+    def __init__(self, policy: Any, instruction: str, seed: int, open_loop_k: int | None,
+                 think: bool = False) -> None:
+        from instructvla.eval.ensemble import OpenLoopChunker
+
+        policy.config = dataclasses.replace(policy.config, seed=int(seed))
+        policy.reset()
+        self.policy, self.instruction, self.think = policy, instruction, think
+        self.chunker = OpenLoopChunker(open_loop_k) if open_loop_k is not None else None
+        self.calls = 0
+
+    @property
+    def needs_inference(self) -> bool:
+        """True when the next `act` calls the policy."""
+        return self.chunker is None or self.chunker.needs_chunk()
+
+    def act(self, obs: dict) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """(the action for env observation `obs`, the policy's reply if this step called it, else None)."""
+        out = None
+        if self.needs_inference:
+            spec = self.policy.request_spec
+            out = self.policy.infer(policy_observation(obs, self.instruction, spec, self.think))
+            self.calls += 1
+            if self.chunker is None:
+                return np.asarray(out["actions"][0], dtype=np.float64), out
+            self.chunker.set_chunk(out["actions"])
+        return self.chunker.pop(), out
+
+
 def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bool = False,
                 meta: dict[str, Any] | None = None) -> EpisodeResult:
     """Run one closed-loop episode of `policy` in `env` from `seed`.
@@ -152,8 +189,6 @@ def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bo
     (policy weights, task, seed). `meta` fills the result's task fields (suite, task_id, category, split,
     family_id, episode). With `record`, every `cfg.video_stride`-th primary frame is kept in `result.frames`.
     """
-    from instructvla.eval.ensemble import OpenLoopChunker
-
     meta = dict(meta or {})
     t0 = time.perf_counter()
     if cfg.execution == "ensemble" and not policy.config.ensemble:
@@ -161,9 +196,6 @@ def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bo
                          "(see make_policy_config)")
     if cfg.execution == "open_loop" and policy.config.ensemble:
         raise ValueError("execution='open_loop' needs a policy with the ensemble off (see make_policy_config)")
-    policy.config = dataclasses.replace(policy.config, seed=int(seed))
-    policy.reset()
-    spec = policy.request_spec
     obs, info = env.reset(seed=int(seed))
     instruction = str(info.get("instruction") or "")
     if not instruction:
@@ -171,24 +203,17 @@ def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bo
     max_steps = cfg.max_steps or int(getattr(env, "max_steps", 0) or 0) or None
     if max_steps is None:
         raise ValueError("no step limit: pass RolloutConfig.max_steps or use an env with a max_steps attribute")
-    chunker = OpenLoopChunker(cfg.open_loop_k) if cfg.execution == "open_loop" else None
+    driver = PolicyDriver(policy, instruction, seed, cfg.open_loop_k if cfg.execution == "open_loop" else None,
+                          cfg.think)
     frames = [_small(obs["image"], cfg.video_size)] if record else []
     replies: list[tuple[int, str]] = []
-    calls = steps = 0
+    steps = 0
     success = False
     while steps < max_steps:
-        if chunker is None or chunker.needs_chunk():
-            out = policy.infer(policy_observation(obs, instruction, spec, cfg.think))
-            calls += 1
-            text = out.get("text") or ""
-            if cfg.think and text and (not replies or replies[-1][1] != text):
-                replies.append((steps, text))
-            if chunker is None:
-                action = np.asarray(out["actions"][0], dtype=np.float64)
-            else:
-                chunker.set_chunk(out["actions"])
-        if chunker is not None:
-            action = chunker.pop()
+        action, out = driver.act(obs)
+        text = (out or {}).get("text") or ""
+        if cfg.think and text and (not replies or replies[-1][1] != text):
+            replies.append((steps, text))
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
         success = success or bool(info.get("success"))
@@ -201,7 +226,7 @@ def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bo
         category=str(meta.get("category", "")), split=str(meta.get("split", "")),
         family_id=str(meta.get("family_id", "")), episode=int(meta.get("episode", 0)),
         seed=int(seed), success=success, steps=steps, instruction=instruction,
-        reply=replies[0][1] if replies else None, replies=replies, policy_calls=calls,
+        reply=replies[0][1] if replies else None, replies=replies, policy_calls=driver.calls,
         wall_s=time.perf_counter() - t0, frames=np.stack(frames) if record else None,
     )
 

@@ -259,19 +259,12 @@ def _policy_for(dagger: dict) -> Any:
 
 def _drive_with_policy(env: Any, obs: dict, info: dict, dagger: dict, seed: int) -> tuple[dict, dict, bool]:
     """Let the policy act until the drawn take-over step; returns (obs, info, whether the episode already ended)."""
-    from instructvla.eval.ensemble import OpenLoopChunker
-    from instructvla.eval.rollout import policy_observation
+    from instructvla.eval.rollout import PolicyDriver
 
-    policy = _policy_for(dagger)
-    policy.config = dataclasses.replace(policy.config, seed=seed)
-    policy.reset()
+    driver = PolicyDriver(_policy_for(dagger), info["instruction"], seed, dagger["open_loop_k"])
     takeover = int(np.random.default_rng([seed, 4]).integers(dagger["first_step"], dagger["last_step"] + 1))
-    chunker = OpenLoopChunker(dagger["open_loop_k"])
-    instruction = info["instruction"]
     for _ in range(takeover):
-        if chunker.needs_chunk():
-            chunker.set_chunk(policy.infer(policy_observation(obs, instruction, policy.request_spec))["actions"])
-        obs, _, terminated, truncated, info = env.step(chunker.pop())
+        obs, _, terminated, truncated, info = env.step(driver.act(obs)[0])
         if terminated or truncated or info.get("success"):
             return obs, info, True
     return obs, info, False
