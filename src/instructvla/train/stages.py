@@ -81,9 +81,19 @@ def configure_trainable(model: nn.Module, stage: int, no_moe: bool = False) -> l
 
 
 # ------------------------------------------------------------------------------------------ model construction
+def _saved_config(path: Path) -> dict[str, Any] | None:
+    """The config.json of an InstructVLA checkpoint folder (written by save_pretrained); None for anything else."""
+    from instructvla.model.vla import CONFIG_FILE
+
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text())
+    return data if "_format_version" in data else None
+
+
 def _is_instructvla_dir(path: Path) -> bool:
-    cfg = path / "config.json"
-    return cfg.is_file() and "_format_version" in json.loads(cfg.read_text())
+    return _saved_config(path) is not None
 
 
 def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int, num_objects: int = 0) -> dict[str, Any]:
@@ -149,10 +159,8 @@ def continues_expert(cfg: TrainConfig) -> bool:
     A stage-0 folder has the same config stage but no normalisation stats: only its VLM is taken."""
     from instructvla.model.vla import NORM_FILE
 
-    if cfg.stage != 1 or not cfg.init or not _is_instructvla_dir(Path(cfg.init)):
-        return False
-    init = Path(cfg.init)
-    return json.loads((init / "config.json").read_text()).get("stage") == 1 and (init / NORM_FILE).is_file()
+    saved = _saved_config(Path(cfg.init)) if cfg.stage == 1 and cfg.init else None
+    return saved is not None and saved.get("stage") == 1 and (Path(cfg.init) / NORM_FILE).is_file()
 
 
 def check_model_matches(model, cfg: TrainConfig, num_views: int) -> None:
@@ -246,7 +254,7 @@ def build_parts(cfg: TrainConfig, info: DistInfo) -> TrainParts:
     image_size = cfg.image_size
     from_expert = cfg.stage == 2 or continues_expert(cfg)  # a trained stage-1 model fixes frame size and stats
     if from_expert:
-        image_size = int(json.loads((Path(cfg.init) / "config.json").read_text()).get("image_size", image_size))
+        image_size = int((_saved_config(Path(cfg.init)) or {}).get("image_size", image_size))
     robot = None
     if cfg.stage in (1, 2):
         stats = None
