@@ -76,7 +76,7 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, Any]:
 
 
 def measure(policy_dir: str, dataset: str, episodes: int = 100, before: tuple[int, ...] = (3, 6, 12),
-            steps: int = 12, center_crop_area: float = 0.9) -> dict[str, Any]:
+            steps: int = 12, center_crop_area: float | None = None) -> dict[str, Any]:
     """Figures per anchor ("start", "close-N") of one policy on one dataset (see the module docstring)."""
     from instructvla.data.dataset import ACTION_KEY
     from instructvla.eval.replay import open_replay
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--before", default="3,6,12", help="anchors: steps before the demonstration's first close")
     ap.add_argument("--steps", type=int, default=12, help="actions of each chunk compared (the executed part)")
-    ap.add_argument("--center-crop-area", type=float, default=0.9, help="test-time crop (the demo's eval uses 0.9)")
+    ap.add_argument("--center-crop-area", type=float, default=None,
+                    help="test-time crop (default: the policy's own, matching its training)")
     args = ap.parse_args(argv)
     before = tuple(int(x) for x in args.before.split(",") if x.strip())
     if args.episodes < 1 or args.steps < 1 or any(n < 1 for n in before):

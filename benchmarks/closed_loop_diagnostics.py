@@ -29,7 +29,7 @@ import numpy as np
 DEFAULT_TASKS = ("atomic/pick_any", "atomic/place_on_plate", "atomic/move_near")
 
 
-def _oracle_hook(policy: Any, center_crop_area: float) -> dict[str, Any]:
+def _oracle_hook(policy: Any) -> dict[str, Any]:
     """Make the policy's action expert read the simulator keypoints put in the returned dict's "uv" entry
     (full-frame coordinates) instead of its readout's."""
     import torch
@@ -39,7 +39,7 @@ def _oracle_hook(policy: Any, center_crop_area: float) -> dict[str, Any]:
         raise ValueError("--oracle-keypoints needs a policy whose action expert has a keypoint readout")
     current: dict[str, Any] = {"uv": None}
     encode = ae.encode_prefix
-    scale = ae.cfg.center_crop_ratio * math.sqrt(center_crop_area)  # full frame -> the expert's crop
+    scale = ae.cfg.center_crop_ratio * math.sqrt(policy.crop_area)  # full frame -> the expert's crop
 
     def encode_with_oracle(latents, images, state=None, keypoints_override=None):
         uv = torch.as_tensor(np.asarray(current["uv"], dtype=np.float32).reshape(1, -1, 2) / scale)
@@ -110,7 +110,7 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 1000, camera_size: int | None = None,
-            open_loop_k: int = 4, noise_scale: float = 0.0, center_crop_area: float = 0.9,
+            open_loop_k: int = 4, noise_scale: float = 0.0, center_crop_area: float | None = None,
             oracle_keypoints: bool = False, verbose: bool = True) -> dict[str, Any]:
     """Diagnostics of `policy_dir` on atomic-suite `tasks` (episode seeds as `instructvla eval`'s)."""
     from instructvla.policy import Policy, PolicyConfig
@@ -118,7 +118,7 @@ def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 10
 
     policy = Policy.from_pretrained(policy_dir, PolicyConfig(ensemble=False, noise_scale=noise_scale,
                                                              center_crop_area=center_crop_area))
-    oracle = _oracle_hook(policy, center_crop_area) if oracle_keypoints else None
+    oracle = _oracle_hook(policy) if oracle_keypoints else None
     camera_size = camera_size or int(policy.model.config.image_size)  # render at the side the policy was trained on
     suite = {t.task_id: t for t in get_suite("atomic", num_episodes=episodes, seeds=(seed,))}
     unknown = [t for t in tasks if t not in suite]
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-size", type=int, default=None, help="default: the policy's image size")
     ap.add_argument("--open-loop-k", type=int, default=12, help="actions executed per chunk (the quick demo's 12)")
     ap.add_argument("--noise-scale", type=float, default=0.0)
-    ap.add_argument("--center-crop-area", type=float, default=0.9)
+    ap.add_argument("--center-crop-area", type=float, default=None,
+                    help="test-time crop (default: the policy's own, matching its training)")
     ap.add_argument("--oracle-keypoints", action="store_true", help="feed the simulator's keypoints to the expert")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)

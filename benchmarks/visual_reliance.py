@@ -36,7 +36,7 @@ def _displacement(actions: np.ndarray, steps: int) -> np.ndarray:
 
 
 def measure(policy_dir: str, dataset: str, frames: int = 48, steps: int = 4,
-            center_crop_area: float = 0.9) -> dict[str, Any]:
+            center_crop_area: float | None = None) -> dict[str, Any]:
     """Swap-test figures of one policy on one dataset (see the module docstring)."""
     from instructvla.data.dataset import ACTION_KEY
     from instructvla.eval.replay import open_replay
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, help="a LeRobot dataset folder (e.g. runs/demo/data)")
     ap.add_argument("--frames", type=int, default=48, help="episodes tested (their first frames)")
     ap.add_argument("--steps", type=int, default=4, help="actions of each chunk summed (the executed part)")
-    ap.add_argument("--center-crop-area", type=float, default=0.9, help="test-time crop (the demo's eval uses 0.9)")
+    ap.add_argument("--center-crop-area", type=float, default=None,
+                    help="test-time crop (default: the policy's own, matching its training)")
     args = ap.parse_args(argv)
     if args.frames < 2 or args.steps < 1:
         ap.error("--frames must be >= 2 and --steps >= 1")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from instructvla.data import normalize as norm
+from instructvla.model.config import InstructVLAConfig
 from instructvla.model.vla import InstructVLA
 from instructvla.policy import Policy, PolicyConfig, identity_stats
 from instructvla.serve.protocol import ProtocolError
@@ -201,5 +202,7 @@ def test_identity_stats_and_config_validation():
         PolicyConfig(reasoning_every=0)
     with pytest.raises(ValueError, match="center_crop_area"):
         PolicyConfig(center_crop_area=0.0)
+    with pytest.raises(ValueError, match="center_crop_area"):
+        InstructVLAConfig(center_crop_area=1.5)
     with pytest.raises(ValueError, match="noise_scale"):
         PolicyConfig(noise_scale=-1.0)

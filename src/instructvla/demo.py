@@ -71,6 +71,7 @@ class DemoPreset:
     lr_schedule: str = "constant"  # every stage: constant | cosine (down to a tenth of lr over the stage's budget)
     stage2_lr: float | None = None  # stage 2's learning rate (None = lr): lower keeps the latents the frozen expert reads
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
+    augment: bool = True  # random 0.9-area crops + colour jitter in stages 1 and 2 (evaluation then centre-crops 0.9)
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -83,7 +84,7 @@ PRESETS: dict[str, DemoPreset] = {
         eval_execution="open_loop", open_loop_k=12, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
         keypoint_teacher_forcing=0.5, keypoint_action_bias=True, keypoint_heatmap_weight=1.0, object_keypoint_weight=1.0,
-        cameras=("primary",), stage2_lr=3e-4,
+        cameras=("primary",), stage2_lr=3e-4, augment=False,
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -151,6 +152,7 @@ class DemoConfig:
     lr_schedule: str | None = None
     stage2_lr: float | None = None
     cameras: list[str] | None = None
+    augment: bool | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -250,7 +252,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         keypoint_loss_weight=p.keypoint_loss_weight,
         keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage1_keypoints else 0.0,
         object_keypoint_weight=p.object_keypoint_weight if stage1_keypoints else 0.0,
-        time_limit_s=minutes * 60.0, log_every=20, lr_schedule=p.lr_schedule,
+        time_limit_s=minutes * 60.0, log_every=20, lr_schedule=p.lr_schedule, augment=p.augment,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}
 
@@ -271,7 +273,7 @@ def _evaluate(cfg: DemoConfig, p: DemoPreset, name: str, model_dir: str, folder:
             policy=model_dir, name=name, suite=",".join(group), episodes=episodes, seeds=[cfg.seed + 1000],
             workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
             execution=p.eval_execution, open_loop_k=p.open_loop_k, device=_device(cfg), out=str(sub),
-            center_crop_area=0.9,  # mirrors the training crop (random 0.9-area crops), method.md §6
+            center_crop_area=None,  # the policy's own: the crop its training used (random 0.9-area crops or none)
             noise_scale=p.noise_scale,
             vqa_data=str(data), vqa_limit=p.vqa_limit, vqa_max_new_tokens=p.vqa_max_new_tokens, think=think,
         ))

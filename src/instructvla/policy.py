@@ -54,7 +54,8 @@ class PolicyConfig:
     latent_cache_every: recompute the VLM latents every N act steps, reusing them in between (1 = always recompute;
                         method: 2 keeps performance, 5 degrades).
     center_crop_area:   fraction of the image area kept by a center crop before resizing (1.0 = none; method's
-                        test-time crop for crop-augmented training is 0.9).
+                        test-time crop for crop-augmented training is 0.9). None: the model's own
+                        (`InstructVLAConfig.center_crop_area`, set by training to match its augmentation).
     noise_scale:        multiplies the flow-matching starting noise (1.0 = the method; 0.0 = deterministic chunks, the
                         steadier choice for briefly trained policies, see ActionExpert.sample).
     seed:               flow-matching noise seed; every episode restarts from it (reproducible episodes).
@@ -69,7 +70,7 @@ class PolicyConfig:
     ensemble_horizon: int = 8
     ensemble_alpha: float = 0.1
     latent_cache_every: int = 1
-    center_crop_area: float = 1.0
+    center_crop_area: float | None = None
     noise_scale: float = 1.0
     seed: int = 0
     device: str = "cpu"
@@ -87,7 +88,7 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.ensemble_alpha must be finite, got {self.ensemble_alpha}")
         if self.latent_cache_every < 1:
             raise ValueError(f"PolicyConfig.latent_cache_every must be >= 1, got {self.latent_cache_every}")
-        if not 0.0 < self.center_crop_area <= 1.0:
+        if self.center_crop_area is not None and not 0.0 < self.center_crop_area <= 1.0:
             raise ValueError(f"PolicyConfig.center_crop_area must be in (0, 1], got {self.center_crop_area}")
         if not math.isfinite(self.noise_scale) or self.noise_scale < 0:
             raise ValueError(f"PolicyConfig.noise_scale must be a finite number >= 0, got {self.noise_scale}")
@@ -217,13 +218,20 @@ class Policy:
             "reasoning_every": cfg.reasoning_every,
             "ensemble": {"enabled": cfg.ensemble, "horizon": cfg.ensemble_horizon, "alpha": cfg.ensemble_alpha},
             "latent_cache_every": cfg.latent_cache_every,
-            "center_crop_area": cfg.center_crop_area,
+            "center_crop_area": self.crop_area,
             "noise_scale": cfg.noise_scale,
             "modes": ["act", "chat"] if self.norm_stats is not None else ["chat"],
             "options": dict(OPTION_DOC),
         }
 
     # ------------------------------------------------------------------------------------------------- inference
+    @property
+    def crop_area(self) -> float:
+        """The test-time centre crop in use: the config's, else the model's own."""
+        if self.config.center_crop_area is not None:
+            return float(self.config.center_crop_area)
+        return float(getattr(self.model.config, "center_crop_area", 1.0))
+
     def parse(self, obs: Any) -> Request:
         """Validate an observation dict; raises `ProtocolError` (a ValueError) naming the problem."""
         return validate_request(obs, self._spec)
@@ -263,7 +271,7 @@ class Policy:
         if self._info["num_views"] > 1 and request.wrist_image is not None:
             views.append(request.wrist_image)
         size = int(self._info["image_size"])
-        return np.stack([_resize(v, size, self.config.center_crop_area) for v in views])
+        return np.stack([_resize(v, size, self.crop_area) for v in views])
 
     def _normalized_state(self, request: Request) -> np.ndarray | None:
         if request.state is None:
@@ -337,7 +345,7 @@ class Policy:
             raise RuntimeError(f"model returned an action chunk of shape {chunk.shape}, expected {expected}")
         keypoints = None
         if prefix.keypoints is not None:  # back to full-frame coordinates: undo the expert's and this policy's crops
-            scale = ae.cfg.center_crop_ratio * math.sqrt(cfg.center_crop_area)
+            scale = ae.cfg.center_crop_ratio * math.sqrt(self.crop_area)
             keypoints = (_to_numpy(prefix.keypoints)[0] * scale).astype(np.float32)
         return chunk, keypoints
 

@@ -83,6 +83,7 @@ def test_stage1_stage0_and_no_moe_trainable_sets(stage1_dir):
 
 def test_stage1_output_loads_and_keeps_frozen_weights(stage1_dir, data):
     model = InstructVLA.from_pretrained(stage1_dir)
+    assert model.config.center_crop_area == 1.0  # trained without crops: evaluated on the whole frame
     assert model.norm_stats is not None and (stage1_dir / "normalization.json").is_file()
     fresh = InstructVLA.from_preset("tiny", action_expert_overrides={"num_views": 2, "chunk_size": 16})
     emb = model.backbone.input_embeddings().weight
@@ -110,6 +111,19 @@ def test_stage2_end_to_end_freezes_action_expert(stage1_dir, data, tmp_path):
     assert all(torch.equal(expert_before[k], after[k]) for k in after)
     loaded = InstructVLA.from_pretrained(tmp_path / "model")
     assert loaded.config.stage == 2 and loaded.norm_stats == parts.model.norm_stats
+
+
+def test_saved_model_remembers_its_test_time_crop(stage1_dir, data, tmp_path):
+    """Crop-augmented training saves the crop's area, so a Policy centre-crops the same by default."""
+    from instructvla.policy import Policy, PolicyConfig
+
+    cfg = _cfg(tmp_path, stage=2, dataset=data["robot"], multimodal=data["mm"], init=str(stage1_dir), augment=True)
+    run_training(cfg, build_parts(cfg, ONE), ONE)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["center_crop_area"] == pytest.approx(0.9)
+    assert Policy.from_pretrained(tmp_path / "model").crop_area == pytest.approx(0.9)
+    assert Policy.from_pretrained(tmp_path / "model", PolicyConfig(center_crop_area=1.0)).crop_area == 1.0
+    assert Policy.from_pretrained(stage1_dir).crop_area == 1.0
 
 
 def test_stage0_then_stage1_from_its_vlm(data, tmp_path):

@@ -60,7 +60,8 @@ class EvalConfig:
     think:         thinking mode: generate a reply first, regenerated every `think_every` steps.
     max_steps:     per-episode step limit (default: each task's own).
     camera_size:   env camera resolution (default: the policy's image size).
-    center_crop_area: test-time center crop (fraction of the area kept) before resizing; 1.0 = none.
+    center_crop_area: test-time center crop (fraction of the area kept) before resizing; 1.0 = none; None (default):
+                   the policy's own, matching how it was trained.
     noise_scale:   multiplies the flow-matching starting noise (1.0 = the method, 0.0 = deterministic chunks).
     device:        torch device of the policy.
     out:           output directory: results.json, report.html, videos/.
@@ -87,7 +88,7 @@ class EvalConfig:
     think_every: int = 20
     max_steps: int | None = None
     camera_size: int | None = None
-    center_crop_area: float = 1.0
+    center_crop_area: float | None = None
     noise_scale: float = 1.0
     device: str = "cpu"
     out: str = "outputs/eval"
@@ -122,7 +123,7 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.max_steps must be >= 1 or None, got {self.max_steps}")
         if self.camera_size is not None and self.camera_size < 16:
             raise ValueError(f"EvalConfig.camera_size must be >= 16 or None, got {self.camera_size}")
-        if not 0.0 < self.center_crop_area <= 1.0:
+        if self.center_crop_area is not None and not 0.0 < self.center_crop_area <= 1.0:
             raise ValueError(f"EvalConfig.center_crop_area must be in (0, 1], got {self.center_crop_area}")
         if not np.isfinite(self.noise_scale) or self.noise_scale < 0:
             raise ValueError(f"EvalConfig.noise_scale must be a finite number >= 0, got {self.noise_scale}")

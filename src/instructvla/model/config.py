@@ -65,6 +65,9 @@ class InstructVLAConfig:
     max_length:      token budget per sample; an action sample that would be cut raises.
     max_think_tokens: greedy reply budget in thinking mode (method: 50).
     fm_weight / lm_weight: loss weights (method 1:1).
+    center_crop_area: the test-time centre crop that matches how the model was trained: the area its random training
+                     crops kept (0.9, method.md §4.1) for crop-augmented training, 1.0 (no crop) otherwise. A Policy
+                     uses it unless told otherwise; training sets it.
     """
 
     backbone: str = "tiny"
@@ -80,6 +83,7 @@ class InstructVLAConfig:
     fm_weight: float = 1.0
     lm_weight: float = 1.0
     seed: int = 0
+    center_crop_area: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -100,6 +104,8 @@ class InstructVLAConfig:
             raise ValueError(f"max_think_tokens must be >= 1, got {self.max_think_tokens}")
         if self.fm_weight < 0 or self.lm_weight < 0:
             raise ValueError("fm_weight and lm_weight must be >= 0")
+        if not 0.0 < self.center_crop_area <= 1.0:
+            raise ValueError(f"center_crop_area must be in (0, 1], got {self.center_crop_area}")
         if not isinstance(self.action_expert_overrides, dict):
             raise TypeError("action_expert_overrides must be a dict")
 

@@ -50,7 +50,7 @@ class DaggerConfig:
                        ends before it (success or step limit) record nothing and count as `policy_finished`.
     open_loop_k:       actions of each chunk the policy executes before it is queried again (as in evaluation).
     noise_scale:       the policy's flow-matching starting noise (0 = deterministic chunks, as the quick demo evaluates).
-    center_crop_area:  the policy's test-time center crop (0.9 mirrors crop-augmented training).
+    center_crop_area:  the policy's test-time center crop (None: the one the policy was trained for).
     """
 
     policy: str | None = None
@@ -58,7 +58,7 @@ class DaggerConfig:
     last_step: int = 60
     open_loop_k: int = 12
     noise_scale: float = 0.0
-    center_crop_area: float = 0.9
+    center_crop_area: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.first_step <= self.last_step:
@@ -68,7 +68,7 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.open_loop_k must be >= 1, got {self.open_loop_k}")
         if self.noise_scale < 0:
             raise ValueError(f"DaggerConfig.noise_scale must be >= 0, got {self.noise_scale}")
-        if not 0.0 < self.center_crop_area <= 1.0:
+        if self.center_crop_area is not None and not 0.0 < self.center_crop_area <= 1.0:
             raise ValueError(f"DaggerConfig.center_crop_area must be in (0, 1], got {self.center_crop_area}")
         if self.policy is not None and not (Path(self.policy) / "config.json").is_file():
             raise ValueError(f"DaggerConfig.policy: {self.policy} is not a saved model folder (no config.json)")

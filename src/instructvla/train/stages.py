@@ -150,8 +150,16 @@ def build_model(cfg: TrainConfig, num_views: int = 1, num_keypoints: int = 0, nu
         check_model_matches(model, cfg, num_views)
         # a training knob, this run's value; replace() re-validates it against the model (e.g. its attention kind)
         model.action_expert.cfg = dataclasses.replace(model.action_expert.cfg, noise_repeats=cfg.noise_repeats)
+    model.config = dataclasses.replace(model.config, center_crop_area=eval_crop_area(cfg))
     configure_trainable(model, cfg.stage, cfg.no_moe)
     return model
+
+
+def eval_crop_area(cfg: TrainConfig) -> float:
+    """The centre crop (area kept) that matches this run's robot-frame augmentation: the random crops' area, or 1.0."""
+    from instructvla.data.augment import AugmentConfig
+
+    return AugmentConfig().crop_area if cfg.augment and cfg.stage > 0 else 1.0
 
 
 def continues_expert(cfg: TrainConfig) -> bool:
