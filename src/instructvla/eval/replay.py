@@ -32,7 +32,8 @@ class DatasetReplay:
 
 
 def open_replay(policy_dir: str, dataset: str, center_crop_area: float | None = None) -> DatasetReplay:
-    """Load the policy (centre crop: `center_crop_area`, else its own) and the dataset; a clear error when the dataset lacks a camera or the state the policy takes."""
+    """Load the policy (centre crop: `center_crop_area`, else the policy's own) and the dataset; a clear error when
+    the dataset lacks a camera or the state the policy takes."""
     from instructvla.data.dataset import STATE_KEY, primary_first
     from instructvla.data.lerobot import LeRobotDatasetReader
     from instructvla.policy import Policy, PolicyConfig
