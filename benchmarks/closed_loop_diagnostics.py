@@ -6,7 +6,9 @@ deterministic flow, the eval's centre crop) it records from the simulator's priv
   - the closest the gripper's centre came to the object in the horizontal plane before the gripper first closed;
   - where the gripper was, relative to the object, when it first closed (horizontal distance, height above the
     object's centre);
-  - for a policy with a keypoint readout, the L1 error of its target keypoint against the simulator's projection.
+  - for a policy with a keypoint readout, the L1 error of its target keypoint against the simulator's projection;
+  - after the grasp: how high the object was ever lifted, whether it is still held at the end, and (tasks with a
+    destination object or fixture) how far its centre ended from the destination's, horizontally.
 `--oracle-keypoints` feeds the simulator's keypoints to the action expert instead of its own readout's (the same
 override teacher forcing uses in training), which separates "where is the object" errors from control errors.
 
@@ -58,6 +60,9 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
     instruction = str(info["instruction"])
     scene, task = base.scene, base.task
     target = task.args["target"]
+    destination = task.args.get("destination")
+    start_z = float(scene.object_pos(target)[2])
+    lifted = 0.0
     driver = PolicyDriver(policy, instruction, seed, open_loop_k)
     min_dxy, first_close, grasped, kp_err = math.inf, None, False, []
     success = False
@@ -79,12 +84,26 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
                 first_close = {"step": step, "dxy_cm": 100 * dxy, "dz_cm": 100 * float(tcp[2] - obj[2])}
         obs, _, terminated, truncated, info = env.step(action)
         grasped = grasped or bool(scene.is_grasped(target))
+        lifted = max(lifted, float(scene.object_pos(target)[2]) - start_z)
         success = success or bool(info.get("success"))
         if success or terminated or truncated:
             break
+    end_dest_dxy = None
+    if destination is not None:
+        end_dest_dxy = 100 * float(np.hypot(*(scene.object_pos(target)[:2] - _destination_xy(scene, destination))))
     return {"seed": int(seed), "instruction": instruction, "target": target, "success": success, "grasped": grasped,
             "steps": step + 1, "min_dxy_cm": 100 * min_dxy, "first_close": first_close,
-            "target_kp_err": float(np.mean(kp_err)) if kp_err else None}
+            "target_kp_err": float(np.mean(kp_err)) if kp_err else None, "lifted_cm": 100 * lifted,
+            "held_at_end": bool(scene.is_grasped(target)), "end_dest_dxy_cm": end_dest_dxy}
+
+
+def _destination_xy(scene: Any, destination: str) -> np.ndarray:
+    """Horizontal position of a destination: a catalogue object, or the plate / bowl fixture."""
+    from instructvla.sim.catalog import CATALOG
+
+    if destination in CATALOG:
+        return scene.object_pos(destination)[:2]
+    return scene.fixture_pos(destination)[:2]
 
 
 def _median(xs: list[float]) -> float | None:
@@ -106,6 +125,9 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "median_close_dz_cm": _median([c["dz_cm"] for c in closes]),
         "median_close_step": _median([float(c["step"]) for c in closes]),
         "target_kp_err": float(np.mean(kps)) if kps else None,
+        "grasped_then_failed": sum(e["grasped"] and not e["success"] for e in episodes),
+        "median_end_dest_dxy_cm": _median([e["end_dest_dxy_cm"] for e in episodes
+                                           if e.get("end_dest_dxy_cm") is not None]),
     }
 
 
@@ -138,9 +160,11 @@ def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 10
                     close = "never" if fc is None else (f"step {fc['step']}: {fc['dxy_cm']:.1f} cm off, "
                                                         f"{fc['dz_cm']:+.1f} cm above")
                     kp = "-" if row["target_kp_err"] is None else f"{row['target_kp_err']:.2f}"
+                    dest = "" if row["end_dest_dxy_cm"] is None else f", ends {row['end_dest_dxy_cm']:.1f} cm from dest"
                     print(f"{task_id:24} {row['instruction'][:34]:34} success={int(row['success'])} "
                           f"grasped={int(row['grasped'])} closest {row['min_dxy_cm']:5.1f} cm, closed at {close}; "
-                          f"kp err {kp}", flush=True)
+                          f"kp err {kp}; lifted {row['lifted_cm']:.1f} cm, held at end={int(row['held_at_end'])}{dest}",
+                          flush=True)
         finally:
             env.close()
     return {"policy": policy_dir, "oracle_keypoints": oracle_keypoints, "episodes_per_task": episodes,

@@ -136,14 +136,19 @@ def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, load_
         assert s["episodes"] == 1 and 0.0 <= s["success_rate"] <= 1.0
         assert math.isfinite(s["median_min_dxy_cm"]) and s["median_min_dxy_cm"] >= 0
         assert s["target_kp_err"] is not None and s["target_kp_err"] >= 0
+    row = cd.measure(str(stage1 / "model"), ["atomic/move_near"], episodes=1, camera_size=32,
+                     verbose=False)["episodes"]["atomic/move_near"][0]
+    assert row["end_dest_dxy_cm"] > 0 and row["lifted_cm"] >= 0 and isinstance(row["held_at_end"], bool)
     # the summary arithmetic on hand-made rows
     rows = [{"success": True, "grasped": True, "min_dxy_cm": 1.0, "target_kp_err": 0.1,
              "first_close": {"step": 10, "dxy_cm": 1.5, "dz_cm": 2.0}},
-            {"success": False, "grasped": False, "min_dxy_cm": 9.0, "target_kp_err": 0.3, "first_close": None}]
+            {"success": False, "grasped": True, "min_dxy_cm": 9.0, "target_kp_err": 0.3, "first_close": None,
+             "end_dest_dxy_cm": 12.0}]
     s = cd.summarise(rows)
     assert s["success_rate"] == 0.5 and s["reached_within_2cm"] == 0.5 and s["closed_rate"] == 0.5
     assert s["median_min_dxy_cm"] == 5.0 and s["median_close_dz_cm"] == 2.0
     assert s["target_kp_err"] == pytest.approx(0.2)
+    assert s["grasped_then_failed"] == 1 and s["median_end_dest_dxy_cm"] == 12.0
 
 
 def test_dense_object_labels_train_object_queries(tmp_path):
