@@ -60,7 +60,6 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
     instruction = str(info["instruction"])
     scene, task = base.scene, base.task
     target = task.args["target"]
-    destination = task.args.get("destination")
     start_z = float(scene.object_pos(target)[2])
     lifted = 0.0
     driver = PolicyDriver(policy, instruction, seed, open_loop_k)
@@ -89,21 +88,14 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
         if success or terminated or truncated:
             break
     end_dest_dxy = None
-    if destination is not None:
-        end_dest_dxy = 100 * float(np.hypot(*(scene.object_pos(target)[:2] - _destination_xy(scene, destination))))
+    if "destination" in task.args:
+        target_end, dest_end, _ = base.task_points()  # world centres, plate / bowl fixtures included
+        end_dest_dxy = 100 * float(np.hypot(*(target_end[:2] - dest_end[:2])))
     return {"seed": int(seed), "instruction": instruction, "target": target, "success": success, "grasped": grasped,
             "steps": step + 1, "min_dxy_cm": 100 * min_dxy, "first_close": first_close,
             "target_kp_err": float(np.mean(kp_err)) if kp_err else None, "lifted_cm": 100 * lifted,
             "held_at_end": bool(scene.is_grasped(target)), "end_dest_dxy_cm": end_dest_dxy}
 
-
-def _destination_xy(scene: Any, destination: str) -> np.ndarray:
-    """Horizontal position of a destination: a catalogue object, or the plate / bowl fixture."""
-    from instructvla.sim.catalog import CATALOG
-
-    if destination in CATALOG:
-        return scene.object_pos(destination)[:2]
-    return scene.fixture_pos(destination)[:2]
 
 
 def _median(xs: list[float]) -> float | None:

@@ -230,7 +230,7 @@ class Policy:
         """The test-time centre crop in use: the config's, else the model's own."""
         if self.config.center_crop_area is not None:
             return float(self.config.center_crop_area)
-        return float(getattr(self.model.config, "center_crop_area", 1.0))
+        return float(self.model.config.center_crop_area)
 
     def parse(self, obs: Any) -> Request:
         """Validate an observation dict; raises `ProtocolError` (a ValueError) naming the problem."""
