@@ -8,7 +8,8 @@ deterministic flow, the eval's centre crop) it records from the simulator's priv
     object's centre);
   - for a policy with a keypoint readout, the L1 error of its target keypoint against the simulator's projection;
   - after the grasp: how high the object was ever lifted, whether it is still held at the end, and (tasks with a
-    destination object or fixture) how far its centre ended from the destination's, horizontally.
+    destination object or fixture) how far its centre ended from the destination's, horizontally;
+  - how many times the gripper was closed: a second close is a retry (after a miss or a drop).
 `--oracle-keypoints` feeds the simulator's keypoints to the action expert instead of its own readout's (the same
 override teacher forcing uses in training), which separates "where is the object" errors from control errors.
 
@@ -54,6 +55,9 @@ def _oracle_hook(policy: Any) -> dict[str, Any]:
 def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict[str, Any] | None) -> dict[str, Any]:
     """One rollout with privileged bookkeeping (see the module docstring)."""
     from instructvla.eval.rollout import PolicyDriver
+    from instructvla.sim.catalog import CATALOG
+    from instructvla.sim.experts import grasp_height
+    from instructvla.sim.objects import object_half_height
 
     base = env.unwrapped
     obs, info = env.reset(seed=int(seed))
@@ -61,10 +65,13 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
     scene, task = base.scene, base.task
     target = task.args["target"]
     start_z = float(scene.object_pos(target)[2])
+    spec = CATALOG[target]
+    grasp_z = grasp_height(target, scene.object_pos(target), start_z - object_half_height(spec) - 0.002)
     lifted = 0.0
     driver = PolicyDriver(policy, instruction, seed, open_loop_k)
     min_dxy, first_close, grasped, kp_err = math.inf, None, False, []
-    success = False
+    success, closes, was_open = False, 0, True
+    dest_kp_err, release_dest_dxy = [], None
     for step in range(base.max_steps):
         truth = None
         if driver.needs_inference:
@@ -74,13 +81,23 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
         action, out = driver.act(obs)
         if out is not None and out.get("keypoints") is not None and np.isfinite(truth[0]).all():
             kp_err.append(float(np.abs(np.asarray(out["keypoints"])[0] - truth[0]).mean()))
+            if "destination" in task.args and np.isfinite(truth[1]).all():
+                dest_kp_err.append(float(np.abs(np.asarray(out["keypoints"])[1] - truth[1]).mean()))
+        if (release_dest_dxy is None and "destination" in task.args and not was_open and action[6] >= 0.5
+                and scene.is_grasped(target)):  # first opening while holding the target: where it is let go
+            release_dest_dxy = 100 * float(np.hypot(*(base.task_points()[0][:2] - base.task_points()[1][:2])))
         tcp, _ = scene.tcp_pose()
         obj = scene.object_pos(target)
         dxy = float(np.hypot(*(tcp[:2] - obj[:2])))
+        closes += int(was_open and action[6] < 0.5)
+        was_open = action[6] >= 0.5
         if first_close is None:
             min_dxy = min(min_dxy, dxy)
             if action[6] < 0.5:
-                first_close = {"step": step, "dxy_cm": 100 * dxy, "dz_cm": 100 * float(tcp[2] - obj[2])}
+                first_close = {"step": step, "dxy_cm": 100 * dxy, "dz_cm": 100 * float(tcp[2] - obj[2]),
+                               "above_grasp_cm": 100 * float(tcp[2] - grasp_z), "moving_down_cm": -100 * float(action[2]),
+                               "dx_cm": 100 * float(tcp[0] - obj[0]), "dy_cm": 100 * float(tcp[1] - obj[1]),
+                               "object_xy": [float(obj[0]), float(obj[1])]}
         obs, _, terminated, truncated, info = env.step(action)
         grasped = grasped or bool(scene.is_grasped(target))
         lifted = max(lifted, float(scene.object_pos(target)[2]) - start_z)
@@ -94,7 +111,8 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
     return {"seed": int(seed), "instruction": instruction, "target": target, "success": success, "grasped": grasped,
             "steps": step + 1, "min_dxy_cm": 100 * min_dxy, "first_close": first_close,
             "target_kp_err": float(np.mean(kp_err)) if kp_err else None, "lifted_cm": 100 * lifted,
-            "held_at_end": bool(scene.is_grasped(target)), "end_dest_dxy_cm": end_dest_dxy}
+            "held_at_end": bool(scene.is_grasped(target)), "end_dest_dxy_cm": end_dest_dxy, "closes": closes,
+            "dest_kp_err": float(np.mean(dest_kp_err)) if dest_kp_err else None, "release_dest_dxy_cm": release_dest_dxy}
 
 
 
@@ -115,11 +133,18 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "closed_rate": len(closes) / len(episodes) if episodes else None,
         "median_close_dxy_cm": _median([c["dxy_cm"] for c in closes]),
         "median_close_dz_cm": _median([c["dz_cm"] for c in closes]),
+        "median_close_above_grasp_cm": _median([c["above_grasp_cm"] for c in closes]),
         "median_close_step": _median([float(c["step"]) for c in closes]),
         "target_kp_err": float(np.mean(kps)) if kps else None,
         "grasped_then_failed": sum(e["grasped"] and not e["success"] for e in episodes),
         "median_end_dest_dxy_cm": _median([e["end_dest_dxy_cm"] for e in episodes
                                            if e.get("end_dest_dxy_cm") is not None]),
+        "dest_kp_err": _median([e["dest_kp_err"] for e in episodes if e.get("dest_kp_err") is not None]),
+        "released": sum(e.get("release_dest_dxy_cm") is not None for e in episodes),
+        "median_release_dest_dxy_cm": _median([e["release_dest_dxy_cm"] for e in episodes
+                                               if e.get("release_dest_dxy_cm") is not None]),
+        "retried": sum(e["closes"] >= 2 for e in episodes),
+        "retried_success": sum(e["closes"] >= 2 and e["success"] for e in episodes),
     }
 
 
@@ -150,12 +175,18 @@ def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 10
                 if verbose:
                     fc = row["first_close"]
                     close = "never" if fc is None else (f"step {fc['step']}: {fc['dxy_cm']:.1f} cm off, "
-                                                        f"{fc['dz_cm']:+.1f} cm above")
+                                                        f"{fc['dz_cm']:+.1f} cm above ({fc['above_grasp_cm']:+.1f} "
+                                                        f"over the expert's grasp, {fc['moving_down_cm']:+.1f} down)")
                     kp = "-" if row["target_kp_err"] is None else f"{row['target_kp_err']:.2f}"
                     dest = "" if row["end_dest_dxy_cm"] is None else f", ends {row['end_dest_dxy_cm']:.1f} cm from dest"
+                    if row["release_dest_dxy_cm"] is not None:
+                        dest += f", let go {row['release_dest_dxy_cm']:.1f} cm from it"
+                    if row["dest_kp_err"] is not None:
+                        dest += f", dest kp err {row['dest_kp_err']:.2f}"
                     print(f"{task_id:24} {row['instruction'][:34]:34} success={int(row['success'])} "
                           f"grasped={int(row['grasped'])} closest {row['min_dxy_cm']:5.1f} cm, closed at {close}; "
-                          f"kp err {kp}; lifted {row['lifted_cm']:.1f} cm, held at end={int(row['held_at_end'])}{dest}",
+                          f"kp err {kp}; lifted {row['lifted_cm']:.1f} cm, held at end={int(row['held_at_end'])}{dest}; "
+                          f"closes {row['closes']}",
                           flush=True)
         finally:
             env.close()
@@ -186,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     cols = ("success_rate", "grasp_rate", "reached_within_2cm", "median_min_dxy_cm", "closed_rate",
-            "median_close_step", "median_close_dxy_cm", "median_close_dz_cm", "target_kp_err")
+            "median_close_step", "median_close_dxy_cm", "median_close_dz_cm", "target_kp_err", "retried")
     table = Table(title=f"closed-loop diagnostics{' (oracle keypoints)' if args.oracle_keypoints else ''}: "
                         f"{args.policy}")
     table.add_column("task")

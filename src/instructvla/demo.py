@@ -72,6 +72,7 @@ class DemoPreset:
     stage2_lr: float | None = None  # stage 2's learning rate (None = lr): lower keeps the latents the frozen expert reads
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
     augment: bool = True  # random 0.9-area crops + colour jitter in stages 1 and 2 (evaluation then centre-crops 0.9)
+    regrasp: float = 0.0  # share of pick-based episodes collected from a missed grasp onward (sim/collect.py)
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -153,6 +154,7 @@ class DemoConfig:
     stage2_lr: float | None = None
     cameras: list[str] | None = None
     augment: bool | None = None
+    regrasp: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -228,7 +230,7 @@ def _collect(cfg: DemoConfig, p: DemoPreset, folder: Path) -> dict:
     result = collect(CollectConfig(
         out=str(folder), suite=p.collect_suite, episodes=p.episodes, workers=cfg.workers,
         camera_size=p.camera_size, seed=cfg.seed, multimodal_samples=p.multimodal_samples, overwrite=True,
-        keypoints=p.keypoints, cameras=list(p.cameras),
+        keypoints=p.keypoints, cameras=list(p.cameras), regrasp=p.regrasp,
     ))
     return {k: getattr(result, k) for k in ("episodes_kept", "failures", "errors", "frames", "multimodal_records")}
 

@@ -77,6 +77,19 @@ def test_dagger_collection_records_the_expert_after_a_policy_prefix(tmp_path):
     assert r.num_episodes == res.episodes_kept
 
 
+def test_regrasp_collection_records_the_recovery_from_a_missed_grasp(tmp_path):
+    res = collect(_cfg(tmp_path / "ds", tasks=["pick/any"], episodes=3, workers=0, multimodal_samples=0,
+                       cameras=["primary"], regrasp=1.0))
+    assert res.attempts == 3 and res.errors == 0 and res.episodes_kept >= 1
+    r = LeRobotDatasetReader(res.out)
+    for ep in range(r.num_episodes):
+        first = r.episode_slice(ep).start
+        state, action = r.column("observation.state")[first], r.column("action")[first]
+        assert state[7] < 0.5 and action[6] == 1.0  # starts with an empty closed gripper, and opens it first
+    with pytest.raises(ValueError, match="regrasp"):
+        CollectConfig(regrasp=1.5)
+
+
 def test_dagger_config_validation(tmp_path):
     from instructvla.sim.collect import DaggerConfig
 
@@ -93,3 +106,5 @@ def test_dagger_config_validation(tmp_path):
     assert dagger.policy_views() == 2
     with pytest.raises(ValueError, match="reads 2 views"):
         CollectConfig(cameras=["primary"], dagger=dagger)
+    with pytest.raises(ValueError, match="set one"):
+        CollectConfig(dagger=dagger, regrasp=0.5)

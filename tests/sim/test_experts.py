@@ -134,3 +134,57 @@ def test_take_over_keeps_a_held_object():
         if term or trunc:
             break
     assert info["success"]
+
+
+def test_expert_grasps_again_after_losing_the_target():
+    from instructvla.sim.experts import Expert
+
+    env = make_env("pick/any", render=False)
+    wins = regrasped = 0
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        # the first grasp aimed 4 cm beside the object: it closes on nothing, notices while lifting, grasps again
+        expert = Expert(env, seed=seed, grasp_offset=np.array([0.03, 0.03, 0.0]))
+        while True:
+            obs, _, term, trunc, info = env.step(expert.act(obs))
+            if term or trunc:
+                break
+        wins += bool(info["success"])
+        regrasped += expert.regrasps > 0
+    assert regrasped >= 3 and wins >= 3
+
+
+def test_missed_grasp_prefix_leaves_an_empty_closed_gripper_the_expert_recovers_from():
+    from instructvla.sim.experts import missed_grasp_prefix
+
+    env = make_env("place_on/any", render=False)
+    missed = recovered = 0
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        obs, info, ended = missed_grasp_prefix(env, obs, seed)
+        scene = env.unwrapped.scene
+        if ended or scene.is_grasped(env.unwrapped.task.args["target"]):
+            continue  # an offset along the closing fingers can still catch the object
+        missed += 1
+        assert scene.gripper_openness() < 0.5
+        expert = make_expert(env, seed=seed)
+        expert.take_over()
+        first = expert.act(obs)
+        assert expert.plan[0].name == "reopen" and first[6] == 1.0
+        while True:
+            obs, _, term, trunc, info = env.step(expert.act(obs))
+            if term or trunc:
+                break
+        recovered += bool(info["success"])
+    assert missed >= 3 and recovered >= missed - 1
+    drawer = make_env("open_drawer/any", render=False)
+    obs, _ = drawer.reset(seed=0)
+    with pytest.raises(ValueError, match="missed_grasp_prefix"):
+        missed_grasp_prefix(drawer, obs, 0)
+
+
+def test_grasp_offset_validation():
+    from instructvla.sim.experts import Expert
+
+    with pytest.raises(ValueError, match="grasp_offset"):
+        Expert(make_env("pick/any", render=False), grasp_offset=np.array([0.0, np.nan, 0.0]))

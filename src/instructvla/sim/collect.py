@@ -16,6 +16,12 @@ takes over from the state the policy reached (`Expert.take_over`) and only the e
 the states a policy visits in closed loop and the demonstrations never do (a gripper beside the object mid-descent,
 closed on nothing), labelled with the actions that recover from them.
 
+With `regrasp` > 0, that share of the pick-based episodes (pick, place_on, place_in, move_near, stack) is recovery
+data of the same kind without a policy: the expert first misses the grasp on purpose (`missed_grasp_prefix`: aimed
+2-5 cm beside the object, closed, then carried on for up to 16 steps), and only what follows is recorded: reopen,
+realign, grasp again, finish. A policy that closes beside the object otherwise never sees an empty closed gripper in
+its data, and carries on as if it held the object.
+
 Episodes are attempted in a fixed order with seeds derived from (seed, attempt); workers run them in parallel
 (spawn, LP_NUM_THREADS=1 each) and also encode each kept episode's videos; the parent only stream-copies those mp4s
 into the dataset's video files and writes the tables, in attempt order, so the dataset does not depend on the number
@@ -106,6 +112,8 @@ class CollectConfig:
                          fixture's (u, v) there, and whether it is in the scene: dense grounding labels).
     overwrite:           replace an existing output directory.
     dagger:              policy-driven prefixes: correction data instead of demonstrations (see DaggerConfig).
+    regrasp:             share of pick-based episodes recorded from a deliberately missed grasp onward (recovery
+                         data, see the module docstring); 0 = plain demonstrations only.
     """
 
     out: str = "data/tabletop"
@@ -125,6 +133,7 @@ class CollectConfig:
     keypoints: bool = True
     overwrite: bool = False
     dagger: DaggerConfig = field(default_factory=DaggerConfig)
+    regrasp: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -146,6 +155,10 @@ class CollectConfig:
             raise ValueError(f"CollectConfig.multimodal_samples must be >= 0, got {self.multimodal_samples}")
         if not 0.0 <= self.heldout_fraction <= 1.0:
             raise ValueError(f"CollectConfig.heldout_fraction must be in [0, 1], got {self.heldout_fraction}")
+        if not 0.0 <= self.regrasp <= 1.0:
+            raise ValueError(f"CollectConfig.regrasp must be in [0, 1], got {self.regrasp}")
+        if self.regrasp > 0 and self.dagger.policy is not None:
+            raise ValueError("CollectConfig: `regrasp` and `dagger.policy` both choose how an episode starts; set one")
         from instructvla.data.lerobot import VideoConfig
 
         VideoConfig(codec=self.codec)  # validates the codec name
@@ -174,7 +187,7 @@ class CollectResult:
     seconds: float
     first_error: str = ""
     steady_seconds: float = 0.0  # from the first to the last finished episode (excludes worker start-up)
-    policy_finished: int = 0  # dagger: episodes the policy ended before the take-over step (nothing recorded)
+    policy_finished: int = 0  # dagger / regrasp: episodes that ended before the expert took over (nothing recorded)
 
     @property
     def attempts(self) -> int:
@@ -273,7 +286,7 @@ def _drive_with_policy(env: Any, obs: dict, info: dict, dagger: dict, seed: int)
 def _run_episode(job: dict) -> dict:
     """Run one expert episode; returns frames (if successful) and its annotation. Never raises."""
     try:
-        from instructvla.sim.experts import make_expert
+        from instructvla.sim.experts import PICK_FAMILIES, make_expert, missed_grasp_prefix
 
         env = _env_for(job["task"], job["camera_size"], job["cameras"])
         seed = int(np.random.default_rng([job["seed"], job["attempt"]]).integers(2**31))
@@ -282,6 +295,12 @@ def _run_episode(job: dict) -> dict:
         expert.reset(seed=seed)
         if job["dagger"]["policy"]:
             obs, info, ended = _drive_with_policy(env, obs, info, job["dagger"], seed)
+            if ended:
+                return {"attempt": job["attempt"], "success": False, "policy_finished": True}
+            expert.take_over()
+        elif (job["regrasp"] > 0 and env.unwrapped.task.spec.family in PICK_FAMILIES
+              and np.random.default_rng([seed, 6]).random() < job["regrasp"]):
+            obs, info, ended = missed_grasp_prefix(env, obs, seed)
             if ended:
                 return {"attempt": job["attempt"], "success": False, "policy_finished": True}
             expert.take_over()
@@ -377,7 +396,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
     jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": tasks[i % len(tasks)], "seed": cfg.seed,
                          "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams, "fps": fps,
                          "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate, "keypoints": cfg.keypoints,
-                         "dagger": dataclasses.asdict(cfg.dagger)}
+                         "dagger": dataclasses.asdict(cfg.dagger), "regrasp": cfg.regrasp}
                         for i in range(cfg.episodes)]
     n_held = round(cfg.multimodal_samples * cfg.heldout_fraction)
     jobs += [{"kind": "scene", "index": j, "task": tasks[j % len(tasks)], "seed": cfg.seed,
@@ -429,7 +448,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
                 elif mm is not None:
                     n_records += mm.add(res["image"], res["records"], res["split"])
                 progress.update(bar, advance=1, info=f"kept {kept} failed {failures} errors {errors}"
-                                + (f" policy-finished {finished}" if finished else ""))
+                                + (f" ended-before-take-over {finished}" if finished else ""))
     except BaseException:
         writer.abort()
         raise
@@ -445,7 +464,7 @@ def collect(cfg: CollectConfig) -> CollectResult:
     if kept == 0:
         writer.abort()
         raise RuntimeError(f"no successful episode in {cfg.episodes} attempts ({failures} failed, {errors} errored, "
-                           f"{finished} ended by the policy before the take-over"
+                           f"{finished} ended before the take-over"
                            + (f"; first error: {first_error}" if first_error else "") + ")")
     writer.finalize()
     if annotations:
@@ -454,6 +473,6 @@ def collect(cfg: CollectConfig) -> CollectResult:
                            (t_last - t_first) if t_first is not None else 0.0, finished)
     logger.info("collected %d episodes (%d frames) into %s; %d failed, %d errored%s; %d multimodal records; %.1fs",
                 kept, frames, out, failures, errors,
-                f", {finished} ended by the policy before the take-over" if cfg.dagger.policy else "", n_records,
+                f", {finished} ended before the take-over" if finished else "", n_records,
                 result.seconds)
     return result

@@ -23,6 +23,8 @@ from instructvla.sim.scene import HOME_TCP, forward_mat, top_down_mat
 logger = logging.getLogger(__name__)
 
 OPEN, CLOSED = 1.0, 0.0
+PICK_FAMILIES = ("pick", "place_on", "place_in", "move_near", "stack")  # families that start with a top-down grasp
+MAX_REGRASPS = 2  # times per episode the expert grasps again after losing the target
 TRANSPORT_Z = 0.14  # height of the held object's bottom while moving above the table
 DRAWER_CARRY_Z = 0.37  # ... and above the cabinet when carrying into the (top) drawer
 
@@ -74,6 +76,8 @@ class Expert:
     It plans from the scene on the first `act` after each `env.reset()` (call `reset(seed)` to also reseed the noise).
     noise_prob: probability that a step of a free-space move is perturbed (N(0, noise_pos) metres on xyz and
     N(0, noise_rot) radians on rpy); the gripper is never perturbed.
+    grasp_offset: (3,) metres added to the first planned grasp (and the point above it): a deliberate miss, for
+    `missed_grasp_prefix`. None = grasp where the object is.
     """
 
     def __init__(
@@ -83,9 +87,15 @@ class Expert:
         noise_pos: float = 0.012,
         noise_rot: float = 0.05,
         seed: int | None = None,
+        grasp_offset: np.ndarray | None = None,
     ):
         if not 0.0 <= noise_prob <= 1.0:
             raise ValueError(f"Expert.noise_prob: must be in [0, 1], got {noise_prob}")
+        if grasp_offset is not None:
+            grasp_offset = np.asarray(grasp_offset, dtype=np.float64)
+            if grasp_offset.shape != (3,) or not np.all(np.isfinite(grasp_offset)):
+                raise ValueError(f"Expert.grasp_offset: expected 3 finite numbers, got {grasp_offset!r}")
+        self.grasp_offset = grasp_offset
         self.env = env.unwrapped if hasattr(env, "unwrapped") else env
         self.noise_prob, self.noise_pos, self.noise_rot = noise_prob, noise_pos, noise_rot
         self._seed = seed
@@ -101,6 +111,7 @@ class Expert:
         """Forget the previous plan (a new one is built from the current scene on the next `act`)."""
         self.rng = np.random.default_rng(seed if seed is not None else self._seed)
         self.plan, self._i, self._held, self._steps_in = [], 0, 0, 0
+        self.regrasps, self._empty_steps = 0, 0
         self._cache: dict[str, np.ndarray] = {}
         self._best_err = np.inf
         self._stall = 0
@@ -119,12 +130,20 @@ class Expert:
         self._planned_for, self._from_here = None, True
 
     @property
+    def phase(self) -> str:
+        """Name of the waypoint being followed ("" before the first `act` and once the plan is done)."""
+        return self.plan[self._i].name if self._i < len(self.plan) else ""
+
+    @property
     def done(self) -> bool:
         """All waypoints reached."""
         return bool(self.plan) and self._i >= len(self.plan)
 
     def act(self, obs: dict | None = None) -> np.ndarray:
         """The (7,) action to execute now. `last_clean_action` holds the noise-free one (record that)."""
+        if self._planned_for is self.env.task and self._lost_the_target():
+            self.regrasps += 1
+            self.take_over()  # grasp again from here
         if self._planned_for is not self.env.task:  # a new episode (or a take-over): plan from the current scene
             self._cache = {}
             self.plan = self._make_plan()
@@ -140,6 +159,17 @@ class Expert:
                 a[3:6] += self.rng.normal(0, self.noise_rot, 3)
             return a
         return clean
+
+    def _lost_the_target(self) -> bool:
+        """Pick-based families: the target is not held two steps into lifting / carrying / lowering it (the grasp
+        missed or the object slipped out). At most MAX_REGRASPS re-plans per episode."""
+        task = self.env.task
+        if (task.spec.family not in PICK_FAMILIES or self.regrasps >= MAX_REGRASPS
+                or self.phase not in ("lift", "carry", "lower") or self.env.scene.is_grasped(task.args["target"])):
+            self._empty_steps = 0
+            return False
+        self._empty_steps += 1
+        return self._empty_steps >= 2
 
     def act_pair(self, obs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(action to execute, clean action to record)."""
@@ -243,6 +273,8 @@ class Expert:
         gz = grasp_height(name, p, surface)
         above = np.array([p[0], p[1], max(gz + 0.1, surface + 0.16)])
         grasp = np.array([p[0], p[1], gz])
+        if self.grasp_offset is not None and not self._from_here:
+            above, grasp = above + [*self.grasp_offset[:2], 0.0], grasp + self.grasp_offset
 
         def lift_target() -> np.ndarray:
             tcp = scene.tcp_pose()[0]
@@ -441,3 +473,37 @@ class Expert:
 def make_expert(env, noise_prob: float = 0.0, seed: int | None = None) -> Expert:
     """The scripted expert for `env`'s task (call `expert.reset()` after each `env.reset()`)."""
     return Expert(env, noise_prob=noise_prob, seed=seed)
+
+
+MISS_DISTANCE = (0.02, 0.05)  # missed_grasp_prefix: sideways distance of the aimed grasp from the object (m)
+MISS_HEIGHT = (0.0, 0.03)  # ... and how far above the planned grasp height (m)
+MISS_FOLLOW_STEPS = 16  # ... at most this many steps of carrying on (lifting, carrying) after the close
+
+
+def missed_grasp_prefix(env, obs: dict, seed: int) -> tuple[dict, dict, bool]:
+    """Drive a pick-based episode into a failed grasp: the expert's own plan aimed 2-5 cm beside the object (and up
+    to 3 cm above it), closed there, then followed for 0-16 more steps, as a policy that misses carries on with its
+    chunk. Returns (obs, info, whether the episode already ended); the caller lets a fresh expert `take_over()`
+    from there, so the recorded actions are the recovery: reopen, rise clear, realign, grasp again, finish.
+    """
+    base = env.unwrapped if hasattr(env, "unwrapped") else env
+    if base.task is None or base.task.spec.family not in PICK_FAMILIES:
+        raise ValueError(f"missed_grasp_prefix: needs a task of {PICK_FAMILIES}, not "
+                         f"{None if base.task is None else base.task.spec.family!r}")
+    rng = np.random.default_rng([seed, 5])
+    angle, dist = rng.uniform(0.0, 2 * np.pi), rng.uniform(*MISS_DISTANCE)
+    offset = np.array([dist * np.cos(angle), dist * np.sin(angle), rng.uniform(*MISS_HEIGHT)])
+    follow = int(rng.integers(0, MISS_FOLLOW_STEPS + 1))
+    miss = Expert(base, seed=seed, grasp_offset=offset)
+    miss.regrasps = MAX_REGRASPS  # this one must not correct itself
+    info: dict = {}
+    closed_for = None
+    while closed_for is None or closed_for < follow:
+        obs, _, terminated, truncated, info = env.step(miss.act(obs))
+        if terminated or truncated or info.get("success"):
+            return obs, info, True
+        if closed_for is not None:
+            closed_for += 1
+        elif miss.phase not in ("above", "descend", "close"):  # the close (and its hold) is over
+            closed_for = 0
+    return obs, info, False
