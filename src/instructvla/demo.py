@@ -73,6 +73,7 @@ class DemoPreset:
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
     augment: bool = True  # random 0.9-area crops + colour jitter in stages 1 and 2 (evaluation then centre-crops 0.9)
     regrasp: float = 0.0  # share of pick-based episodes collected from a missed grasp onward (sim/collect.py)
+    cumulative_loss_weight: float = 0.0  # stage 1: flow loss on the chunk's running sums of delta errors
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -155,6 +156,7 @@ class DemoConfig:
     cameras: list[str] | None = None
     augment: bool | None = None
     regrasp: float | None = None
+    cumulative_loss_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -254,6 +256,7 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
         keypoint_loss_weight=p.keypoint_loss_weight,
         keypoint_heatmap_weight=p.keypoint_heatmap_weight if stage1_keypoints else 0.0,
         object_keypoint_weight=p.object_keypoint_weight if stage1_keypoints else 0.0,
+        cumulative_loss_weight=p.cumulative_loss_weight if stage == 1 else 0.0,
         time_limit_s=minutes * 60.0, log_every=20, lr_schedule=p.lr_schedule, augment=p.augment,
     ))
     return {"model": summary["final_dir"], "steps": summary["step"], "samples_per_s": summary["samples_per_s"]}

@@ -60,6 +60,12 @@ class ActionExpertConfig:
     center_crop_ratio: 1.0 = none. 0.875 reproduces the reference's DINO transform (resize 256, center-crop 224).
     loss_ignore_padding: False (method: loss over every entry, padding included); True averages the loss over
         non-padded steps only when `action_is_pad` is given.
+    cumulative_loss_weight: 0 (the method) or w > 0: adds w x a flow-matching loss on the running sums over the chunk
+        of the first `delta_dims` action dims' velocity errors, each divided by the square root of its length. Those
+        dims are deltas that add up when a chunk runs open loop, so an error shared by its steps (a drift of a
+        millimetre a step) moves the arm as far as the sum; the per-step loss scores it as tiny, this term in
+        proportion to how far it carries. Independent per-step errors score as in the plain loss.
+    delta_dims: how many leading action dims are deltas (the tabletop's xyz + rpy: 6; the gripper is absolute).
     noise_repeats: flow-matching (noise, time) draws per training example (1 = the method). With K > 1 the prefix
         (vision, latents, state) is encoded once and shared by the K noisy chunks, which lowers the variance of the
         flow-matching gradient for a small extra cost (only the action tokens run K times); needs attention="hard".
@@ -116,6 +122,8 @@ class ActionExpertConfig:
     vision_dropout: float = 0.0
     vision_drop_path_rate: float = 0.0
     loss_ignore_padding: bool = False
+    cumulative_loss_weight: float = 0.0
+    delta_dims: int = 6
     noise_repeats: int = 1
     vision_tower: str = "dinov2"
     conv_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
@@ -156,6 +164,11 @@ class ActionExpertConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ActionExpertConfig.{name} must be a positive int, got {value!r}")
+        if not self.cumulative_loss_weight >= 0:
+            raise ValueError(f"ActionExpertConfig.cumulative_loss_weight must be >= 0, got {self.cumulative_loss_weight}")
+        if not 0 <= self.delta_dims <= self.action_dim:
+            raise ValueError(f"ActionExpertConfig.delta_dims must be in [0, action_dim={self.action_dim}], "
+                             f"got {self.delta_dims}")
         if self.vision_num_registers < 0:
             raise ValueError(
                 f"ActionExpertConfig.vision_num_registers must be >= 0, got {self.vision_num_registers}"
@@ -388,6 +401,15 @@ def _mlp2(d_in: int, d: int) -> nn.Sequential:
 
 # ----------------------------------------------------------------------------------------------------------------------
 
+
+
+def cumulative_velocity_error(velocity: torch.Tensor, target: torch.Tensor, dims: int) -> torch.Tensor:
+    """Mean square of the running sums over the chunk (B, H, A) of the first `dims` dims' velocity errors, the sum
+    over the first n steps divided by sqrt(n): independent per-step errors keep their scale, an error shared by all
+    steps counts n times more at step n (see ActionExpertConfig.cumulative_loss_weight)."""
+    err = (velocity.float() - target.float())[..., :dims]
+    steps = torch.arange(1, err.shape[1] + 1, device=err.device, dtype=err.dtype).sqrt()[None, :, None]
+    return (err.cumsum(dim=1) / steps).pow(2).mean()
 
 class ActionExpert(nn.Module):
     """Flow-matching action expert conditioned on VLM latent queries, camera images and (optionally) proprio state."""
@@ -774,6 +796,8 @@ class ActionExpert(nn.Module):
             out = {"fm": (err * keep).sum() / keep.sum().clamp_min(1.0)}
         else:
             out = {"fm": err.mean()}
+        if self.cfg.cumulative_loss_weight > 0 and self.cfg.delta_dims > 0:
+            out["fm_cumulative"] = cumulative_velocity_error(velocity, target, self.cfg.delta_dims)
         if keypoints is not None and ro.uv is not None:
             labels = keypoints.to(ro.uv.device).float()
             valid = torch.isfinite(labels)

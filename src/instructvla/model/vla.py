@@ -36,9 +36,10 @@ FORMAT_VERSION = 1
 # Which action-expert preset goes with a backbone preset by default.
 _EXPERT_FOR_PRESET = {"tiny": "tiny", "tiny-smolvlm": "tiny", "small": "small", "base": "base"}
 # ActionExpert.loss_terms key -> (ActionExpertConfig weight field, name in the forward output and metrics.jsonl)
-_KEYPOINT_TERMS = (("keypoint", "keypoint_loss_weight", "kp_loss"),
-                   ("keypoint_heatmap", "keypoint_heatmap_weight", "kp_heatmap_loss"),
-                   ("object_keypoint", "object_keypoint_weight", "object_kp_loss"))
+_EXPERT_TERMS = (("keypoint", "keypoint_loss_weight", "kp_loss"),  # (term, its weight in the expert config, metric)
+                 ("keypoint_heatmap", "keypoint_heatmap_weight", "kp_heatmap_loss"),
+                 ("object_keypoint", "object_keypoint_weight", "object_kp_loss"),
+                 ("fm_cumulative", "cumulative_loss_weight", "fm_cumulative_loss"))
 
 
 def _module_path(root: nn.Module, target: nn.Module) -> str:
@@ -285,7 +286,7 @@ class InstructVLA(nn.Module):
             terms, fm_loss = {}, torch.zeros((), device=dev)
         loss = self.config.fm_weight * fm_loss + self.config.lm_weight * lm_loss
         out = {"loss": loss, "fm_loss": fm_loss, "lm_loss": lm_loss}
-        for term, weight, name in _KEYPOINT_TERMS:  # the keypoint readout's terms, weighted by the expert's config
+        for term, weight, name in _EXPERT_TERMS:  # the expert's extra terms, weighted by its config
             if term in terms:
                 out["loss"] = out["loss"] + getattr(self.action_expert.cfg, weight) * terms[term]
                 out[name] = terms[term]

@@ -75,6 +75,8 @@ class TrainConfig:
     hide_held_target: bool = True  # no target keypoint label once the gripper has closed (the object is in hand)
     keypoint_teacher_forcing: float = 0.0  # stage 1: share of samples whose keypoint tokens use the labels
     keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) also bias every action token directly
+    cumulative_loss_weight: float = 0.0  # stage 1: weight of the flow loss on the chunk's running sums of delta
+    #                                      errors (ActionExpertConfig.cumulative_loss_weight; 0 = the method)
     vision_tower: str = "dinov2"  # stage 1: action-expert vision tower, "dinov2" (method) | "conv" (FiLM CNN reading
     #                                the frames at image_size; learns to localise sooner when trained from scratch)
     cameras: list[str] = field(default_factory=list)  # views to train on, primary first ("primary", "wrist" or full
@@ -120,7 +122,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"lr_final_ratio must be in [0, 1], got {self.lr_final_ratio!r}")
-        for name in ("keypoint_loss_weight", "keypoint_heatmap_weight", "object_keypoint_weight"):
+        for name in ("keypoint_loss_weight", "keypoint_heatmap_weight", "object_keypoint_weight",
+                     "cumulative_loss_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")

@@ -28,7 +28,7 @@ from instructvla.train.config import TrainConfig, check_resume_compatible
 
 logger = logging.getLogger(__name__)
 
-LOSS_KEYS = ("loss", "fm_loss", "lm_loss", "kp_loss", "kp_heatmap_loss", "object_kp_loss")
+LOSS_KEYS = ("loss", "fm_loss", "lm_loss", "kp_loss", "kp_heatmap_loss", "object_kp_loss", "fm_cumulative_loss")
 METRICS_FILE = "metrics.jsonl"
 _now = time.perf_counter  # one clock for the loop (tests replace it)
 FINAL_DIR = "model"
@@ -38,7 +38,7 @@ FINAL_DIR = "model"
 class TrainParts:
     """What the loop trains, independent of how it was built.
 
-    model:        forward(batch) -> {"loss": scalar tensor, optional "fm_loss"/"lm_loss"/"kp_loss"/"kp_heatmap_loss"/"object_kp_loss"}; trainable parameters
+    model:        forward(batch) -> {"loss": scalar tensor, optional "fm_loss"/"lm_loss"/"kp_loss"/"kp_heatmap_loss"/"object_kp_loss"/"fm_cumulative_loss"}; trainable parameters
                   already selected (requires_grad) for the stage.
     primary:      map-style dataset of the iteration's main step (robot samples; stage 0: multimodal samples).
     collate:      list of samples -> batch for the primary data (CPU tensors; moved to the device by the loop).
