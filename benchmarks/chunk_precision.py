@@ -7,7 +7,8 @@ the first. For episodes of a LeRobot dataset (best: fresh demonstrations the pol
 anchor frames: the first frame, and N steps before the demonstration first closes its gripper. It compares the
 chunk's first `--steps` actions with the demonstration's:
   - displacement error: distance between the summed xy translation of the two (what open-loop execution of the chunk
-    moves the gripper by, against where the demonstration went), metres;
+    moves the gripper by, against where the demonstration went), metres; and its mean signed x / y components, a
+    drift the policy shares across states (a constant offset, not noise);
   - close timing: steps between the chunk's first closing command and the demonstration's (anchors before a close);
   - close height: the chunk's summed z translation up to its close minus the demonstration's up to its own, metres.
 Compare with `closed_loop_diagnostics.py`, which reports where the gripper really is when it closes in closed loop.
@@ -47,6 +48,8 @@ def score_chunk(pred: np.ndarray, demo: np.ndarray, steps: int) -> dict[str, flo
     p, d = np.asarray(pred, np.float64)[:n], np.asarray(demo, np.float64)[:n]
     out: dict[str, float | None] = {
         "displacement_error_m": float(np.linalg.norm(p[:, :2].sum(0) - d[:, :2].sum(0))),
+        "displacement_dx_m": float(p[:, 0].sum() - d[:, 0].sum()),
+        "displacement_dy_m": float(p[:, 1].sum() - d[:, 1].sum()),
         "close_step_error": None, "close_height_error_m": None,
     }
     d_closed = np.flatnonzero(d[:, GRIP] < 0.5)
@@ -69,6 +72,8 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, Any]:
         "frames": len(rows),
         "displacement_error_m_mean": stat("displacement_error_m", np.mean),
         "displacement_error_m_median": stat("displacement_error_m", np.median),
+        "displacement_bias_x_m": stat("displacement_dx_m", np.mean),
+        "displacement_bias_y_m": stat("displacement_dy_m", np.mean),
         "close_step_error_mean_abs": stat("close_step_error", lambda v: np.mean(np.abs(v))),
         "close_step_error_mean": stat("close_step_error", np.mean),
         "close_height_error_m_median": stat("close_height_error_m", np.median),
@@ -121,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         return "-" if v is None else f"{v * scale:.2f}{unit}"
 
     print(f"chunk precision on demonstration states: {args.policy} on {args.dataset}, first {args.steps} actions")
-    print(f"{'anchor':10} {'frames':>6} {'xy err mean':>12} {'median':>8} {'close |dt|':>10} {'close dt':>9} "
-          f"{'close dz med':>13}")
+    print(f"{'anchor':10} {'frames':>6} {'xy err mean':>12} {'median':>8} {'bias x':>8} {'bias y':>8} "
+          f"{'close |dt|':>10} {'close dt':>9} {'close dz med':>13}")
     for name, s in res["anchors"].items():
         print(f"{name:10} {s['frames']:>6} {fmt(s['displacement_error_m_mean'], 100, ' cm'):>12} "
-              f"{fmt(s['displacement_error_m_median'], 100, ' cm'):>8} {fmt(s['close_step_error_mean_abs']):>10} "
+              f"{fmt(s['displacement_error_m_median'], 100, ' cm'):>8} "
+              f"{fmt(s['displacement_bias_x_m'], 100, ' cm'):>8} {fmt(s['displacement_bias_y_m'], 100, ' cm'):>8} "
+              f"{fmt(s['close_step_error_mean_abs']):>10} "
               f"{fmt(s['close_step_error_mean']):>9} {fmt(s['close_height_error_m_median'], 100, ' cm'):>13}")
     print(json.dumps(res))
     return 0

@@ -22,6 +22,7 @@ def test_score_chunk_arithmetic_on_hand_made_chunks(load_benchmark):
     pred = _actions([(0.01, 0.01)] * 4, [-0.02, -0.01, -0.01, 0.0], [1, 1, 1, 0])
     s = cp.score_chunk(pred, demo, steps=4)
     assert s["displacement_error_m"] == pytest.approx(0.04)  # y drifts 1 cm per step
+    assert s["displacement_dx_m"] == pytest.approx(0.0) and s["displacement_dy_m"] == pytest.approx(0.04)
     assert s["close_step_error"] == 1.0  # closes at 3 instead of 2
     assert s["close_height_error_m"] == pytest.approx(-0.04 - (-0.04))
     # only the first `steps` count; a demonstration that does not close there gives no close figures
@@ -45,6 +46,7 @@ def test_measure_and_cli_on_a_saved_policy(tmp_path, capsys, load_benchmark):
     start = res["anchors"]["start"]
     assert start["frames"] == 3 and math.isfinite(start["displacement_error_m_mean"])
     assert start["displacement_error_m_mean"] >= 0
+    assert math.isfinite(start["displacement_bias_x_m"]) and math.isfinite(start["displacement_bias_y_m"])
     # the synthetic gripper opens and never closes again: no anchor before a close
     assert res["anchors"]["close-2"]["frames"] == 0 and res["anchors"]["close-2"]["close_step_error_mean"] is None
     assert cp.main(["--policy", str(tmp_path / "ckpt"), "--dataset", data, "--episodes", "2", "--steps", "2"]) == 0
