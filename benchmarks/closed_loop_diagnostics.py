@@ -64,9 +64,9 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
     instruction = str(info["instruction"])
     scene, task = base.scene, base.task
     target = task.args["target"]
-    start_z = float(scene.object_pos(target)[2])
-    spec = CATALOG[target]
-    grasp_z = grasp_height(target, scene.object_pos(target), start_z - object_half_height(spec) - 0.002)
+    start = scene.object_pos(target)
+    start_z = float(start[2])
+    grasp_z = grasp_height(target, start, start_z - object_half_height(CATALOG[target]) - 0.002)
     lifted = 0.0
     driver = PolicyDriver(policy, instruction, seed, open_loop_k)
     min_dxy, first_close, grasped, kp_err = math.inf, None, False, []
@@ -85,7 +85,8 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
                 dest_kp_err.append(float(np.abs(np.asarray(out["keypoints"])[1] - truth[1]).mean()))
         if (release_dest_dxy is None and "destination" in task.args and not was_open and action[6] >= 0.5
                 and scene.is_grasped(target)):  # first opening while holding the target: where it is let go
-            release_dest_dxy = 100 * float(np.hypot(*(base.task_points()[0][:2] - base.task_points()[1][:2])))
+            held_at, dest_at, _ = base.task_points()
+            release_dest_dxy = 100 * float(np.hypot(*(held_at[:2] - dest_at[:2])))
         tcp, _ = scene.tcp_pose()
         obj = scene.object_pos(target)
         dxy = float(np.hypot(*(tcp[:2] - obj[:2])))
@@ -113,7 +114,6 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
             "target_kp_err": float(np.mean(kp_err)) if kp_err else None, "lifted_cm": 100 * lifted,
             "held_at_end": bool(scene.is_grasped(target)), "end_dest_dxy_cm": end_dest_dxy, "closes": closes,
             "dest_kp_err": float(np.mean(dest_kp_err)) if dest_kp_err else None, "release_dest_dxy_cm": release_dest_dxy}
-
 
 
 def _median(xs: list[float]) -> float | None:

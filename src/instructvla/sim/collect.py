@@ -37,6 +37,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -293,14 +294,14 @@ def _run_episode(job: dict) -> dict:
         obs, info = env.reset(seed=seed)
         expert = make_expert(env, noise_prob=job["noise"], seed=seed)
         expert.reset(seed=seed)
+        prefix = None  # what drives the episode before the expert takes over (nothing of it is recorded)
         if job["dagger"]["policy"]:
-            obs, info, ended = _drive_with_policy(env, obs, info, job["dagger"], seed)
-            if ended:
-                return {"attempt": job["attempt"], "success": False, "policy_finished": True}
-            expert.take_over()
+            prefix = partial(_drive_with_policy, env, obs, info, job["dagger"], seed)
         elif (job["regrasp"] > 0 and env.unwrapped.task.spec.family in PICK_FAMILIES
               and np.random.default_rng([seed, 6]).random() < job["regrasp"]):
-            obs, info, ended = missed_grasp_prefix(env, obs, seed)
+            prefix = partial(missed_grasp_prefix, env, obs, seed)
+        if prefix is not None:
+            obs, info, ended = prefix()
             if ended:
                 return {"attempt": job["attempt"], "success": False, "policy_finished": True}
             expert.take_over()

@@ -78,6 +78,7 @@ class Expert:
     N(0, noise_rot) radians on rpy); the gripper is never perturbed.
     grasp_offset: (3,) metres added to the first planned grasp (and the point above it): a deliberate miss, for
     `missed_grasp_prefix`. None = grasp where the object is.
+    max_regrasps: times per episode it grasps again after losing the target (pick-based families).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class Expert:
         noise_rot: float = 0.05,
         seed: int | None = None,
         grasp_offset: np.ndarray | None = None,
+        max_regrasps: int = MAX_REGRASPS,
     ):
         if not 0.0 <= noise_prob <= 1.0:
             raise ValueError(f"Expert.noise_prob: must be in [0, 1], got {noise_prob}")
@@ -95,7 +97,7 @@ class Expert:
             grasp_offset = np.asarray(grasp_offset, dtype=np.float64)
             if grasp_offset.shape != (3,) or not np.all(np.isfinite(grasp_offset)):
                 raise ValueError(f"Expert.grasp_offset: expected 3 finite numbers, got {grasp_offset!r}")
-        self.grasp_offset = grasp_offset
+        self.grasp_offset, self.max_regrasps = grasp_offset, max_regrasps
         self.env = env.unwrapped if hasattr(env, "unwrapped") else env
         self.noise_prob, self.noise_pos, self.noise_rot = noise_prob, noise_pos, noise_rot
         self._seed = seed
@@ -162,9 +164,9 @@ class Expert:
 
     def _lost_the_target(self) -> bool:
         """Pick-based families: the target is not held two steps into lifting / carrying / lowering it (the grasp
-        missed or the object slipped out). At most MAX_REGRASPS re-plans per episode."""
+        missed or the object slipped out). At most `max_regrasps` re-plans per episode."""
         task = self.env.task
-        if (task.spec.family not in PICK_FAMILIES or self.regrasps >= MAX_REGRASPS
+        if (task.spec.family not in PICK_FAMILIES or self.regrasps >= self.max_regrasps
                 or self.phase not in ("lift", "carry", "lower") or self.env.scene.is_grasped(task.args["target"])):
             self._empty_steps = 0
             return False
@@ -494,8 +496,7 @@ def missed_grasp_prefix(env, obs: dict, seed: int) -> tuple[dict, dict, bool]:
     angle, dist = rng.uniform(0.0, 2 * np.pi), rng.uniform(*MISS_DISTANCE)
     offset = np.array([dist * np.cos(angle), dist * np.sin(angle), rng.uniform(*MISS_HEIGHT)])
     follow = int(rng.integers(0, MISS_FOLLOW_STEPS + 1))
-    miss = Expert(base, seed=seed, grasp_offset=offset)
-    miss.regrasps = MAX_REGRASPS  # this one must not correct itself
+    miss = Expert(base, seed=seed, grasp_offset=offset, max_regrasps=0)  # this one must not correct itself
     info: dict = {}
     closed_for = None
     while closed_for is None or closed_for < follow:
