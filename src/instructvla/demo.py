@@ -73,6 +73,8 @@ class DemoPreset:
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
     augment: bool = True  # random 0.9-area crops + colour jitter in stages 1 and 2 (evaluation then centre-crops 0.9)
     regrasp: float = 0.0  # share of pick-based episodes collected from a missed grasp onward (sim/collect.py)
+    family_weights: tuple[tuple[str, float], ...] = ()  # collection share per task family (others weigh 1)
+    replan_on_gripper: bool = False  # open-loop evaluation: a new chunk just before each grasp / release
     cumulative_loss_weight: float = 0.0  # stage 1: flow loss on the chunk's running sums of delta errors
 
 
@@ -157,6 +159,8 @@ class DemoConfig:
     augment: bool | None = None
     regrasp: float | None = None
     cumulative_loss_weight: float | None = None
+    family_weights: dict[str, float] | None = None
+    replan_on_gripper: bool | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -178,6 +182,8 @@ class DemoConfig:
         overrides = {f.name: getattr(self, f.name) for f in fields(base) if getattr(self, f.name, None) is not None}
         if "cameras" in overrides:
             overrides["cameras"] = tuple(overrides["cameras"])
+        if "family_weights" in overrides:
+            overrides["family_weights"] = tuple(sorted(overrides["family_weights"].items()))
         return replace(base, **overrides)
 
 
@@ -233,6 +239,7 @@ def _collect(cfg: DemoConfig, p: DemoPreset, folder: Path) -> dict:
         out=str(folder), suite=p.collect_suite, episodes=p.episodes, workers=cfg.workers,
         camera_size=p.camera_size, seed=cfg.seed, multimodal_samples=p.multimodal_samples, overwrite=True,
         keypoints=p.keypoints, cameras=list(p.cameras), regrasp=p.regrasp,
+        family_weights=dict(p.family_weights),
     ))
     return {k: getattr(result, k) for k in ("episodes_kept", "failures", "errors", "frames", "multimodal_records")}
 
@@ -277,7 +284,8 @@ def _evaluate(cfg: DemoConfig, p: DemoPreset, name: str, model_dir: str, folder:
         res = evaluate_policy(EvalConfig(
             policy=model_dir, name=name, suite=",".join(group), episodes=episodes, seeds=[cfg.seed + 1000],
             workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
-            execution=p.eval_execution, open_loop_k=p.open_loop_k, device=_device(cfg), out=str(sub),
+            execution=p.eval_execution, open_loop_k=p.open_loop_k, replan_on_gripper=p.replan_on_gripper,
+            device=_device(cfg), out=str(sub),
             center_crop_area=None,  # the policy's own: the crop its training used (random 0.9-area crops or none)
             noise_scale=p.noise_scale,
             vqa_data=str(data), vqa_limit=p.vqa_limit, vqa_max_new_tokens=p.vqa_max_new_tokens, think=think,

@@ -6,7 +6,7 @@ import pytest
 from instructvla.data.dataset import RobotDataset
 from instructvla.data.lerobot import LeRobotDatasetReader
 from instructvla.data.multimodal import read_records
-from instructvla.sim.collect import CollectConfig, collect, resolve_tasks
+from instructvla.sim.collect import CollectConfig, collect, episode_tasks, resolve_tasks, task_family
 
 
 def _cfg(out, **kw):
@@ -54,6 +54,12 @@ def test_config_validation(tmp_path):
     with pytest.raises(KeyError, match="unknown task"):
         resolve_tasks(CollectConfig(tasks=["pick/banana-split"]))
     assert len(resolve_tasks(CollectConfig(suite="atomic-quick"))) == 4
+    with pytest.raises(ValueError, match="unknown families.*'opne_drawer'"):
+        CollectConfig(family_weights={"opne_drawer": 0.5})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        CollectConfig(family_weights={"pick": -1.0})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        CollectConfig(family_weights={"pick": float("nan")})
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("")
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -108,3 +114,19 @@ def test_dagger_config_validation(tmp_path):
         CollectConfig(cameras=["primary"], dagger=dagger)
     with pytest.raises(ValueError, match="set one"):
         CollectConfig(dagger=dagger, regrasp=0.5)
+
+
+def test_episode_tasks_follow_the_family_weights():
+    tasks = resolve_tasks(CollectConfig(suite="atomic-quick"))
+    assert episode_tasks(tasks, 8) == tasks + tasks  # no weights: plain round-robin
+    fams = [task_family(t) for t in episode_tasks(tasks, 900, {"open_drawer": 0.4})]
+    counts = {f: fams.count(f) for f in set(fams)}
+    assert counts["open_drawer"] == 106 and sum(counts.values()) == 900  # 0.4 / 3.4 of 900, rounded
+    assert all(abs(counts[f] - 900 / 3.4) <= 1 for f in ("pick", "place_on", "move_near"))
+    # every prefix stays within one episode of its share: drawers are spread out, not bunched at the end
+    first = fams[:34]
+    assert first.count("open_drawer") == 4
+    assert task_family("pick/any") == "pick"
+    assert "open_drawer" not in {task_family(t) for t in episode_tasks(tasks, 40, {"open_drawer": 0.0})}
+    with pytest.raises(ValueError, match="weight 0"):
+        episode_tasks(tasks, 4, {f: 0.0 for f in ("pick", "place_on", "move_near", "open_drawer")})

@@ -153,3 +153,29 @@ def test_epoch_indices_ask_for_a_fresh_draw_each_epoch():
     first = sorted(next(stream) + next(stream))
     second = sorted(next(stream) + next(stream))
     assert first == [0, 1, 2, 3] and second == [4, 5, 6, 7]
+
+
+def test_prefetch_keeps_order_and_position_and_raises_loading_errors():
+    data = list(range(23))
+    plain = ShardedBatches(data, 3, DistInfo(), seed=5, collate=list)
+    ahead = ShardedBatches(data, 3, DistInfo(), seed=5, collate=list, prefetch=2)
+    assert [next(ahead) for _ in range(9)] == [next(plain) for _ in range(9)]
+    assert ahead.state_dict() == plain.state_dict()  # counted on delivered batches, not on what the thread loaded
+    ahead.load_state_dict(plain.state_dict())  # stops the thread; loading restarts from the position
+    assert next(ahead) == next(plain)
+    ahead.close()
+    with pytest.raises(ValueError, match="prefetch"):
+        ShardedBatches(data, 3, DistInfo(), seed=5, collate=list, prefetch=-1)
+
+    class Corrupt:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, k):
+            if k == 5:
+                raise OSError("frame 5: truncated video")
+            return k
+
+    stream = ShardedBatches(Corrupt(), 8, DistInfo(), seed=0, collate=list, prefetch=1)
+    with pytest.raises(OSError, match="frame 5: truncated video"):
+        next(stream)

@@ -146,6 +146,13 @@ def test_dataloader_workers_give_the_same_run(tmp_path):
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
 
+def test_prefetch_thread_gives_the_same_run_and_resume(tmp_path):
+    run_training(cfg(tmp_path / "a"), toy_parts(), ONE)
+    run_training(cfg(tmp_path / "b", steps=4, prefetch=2), toy_parts(), ONE)  # the thread ran ahead of step 4
+    run_training(cfg(tmp_path / "b", resume=True, prefetch=3), toy_parts(seed=123), ONE)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
 def test_cosine_schedule_follows_the_budget_and_survives_resume(tmp_path):
     run_training(cfg(tmp_path, lr=1e-3, lr_schedule="cosine", lr_final_ratio=0.1), toy_parts(), ONE)
     lrs = losses(tmp_path, "lr")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -97,6 +98,8 @@ class CollectConfig:
                          ignored when `tasks` is given. Instruct-suite tasks are collected with atomic instructions.
     tasks:               registered simulator task names (e.g. pick/any place_on/any); see `instructvla tasks`.
     episodes:            episode attempts in total (round-robin over the tasks); failures are dropped.
+    family_weights:      relative share of episode attempts per task family (e.g. {"open_drawer": 0.4}); families
+                         not named weigh 1. Tasks are then interleaved by smooth weighted round-robin.
     workers:             parallel worker processes (0 = run in this process, for debugging).
     camera_size:         square camera resolution in pixels.
     cameras:             cameras to record ("primary", "wrist").
@@ -121,6 +124,7 @@ class CollectConfig:
     suite: str | None = "atomic-quick"
     tasks: list[str] = field(default_factory=list)
     episodes: int = 40
+    family_weights: dict[str, float] = field(default_factory=dict)
     workers: int = 2
     camera_size: int = 128
     cameras: list[str] = field(default_factory=lambda: ["primary", "wrist"])
@@ -143,6 +147,14 @@ class CollectConfig:
             raise ValueError("CollectConfig: give `suite` or `tasks`")
         if self.episodes < 1:
             raise ValueError(f"CollectConfig.episodes must be >= 1, got {self.episodes}")
+        from instructvla.sim.tasks import FAMILIES
+
+        unknown = sorted(set(self.family_weights) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"CollectConfig.family_weights: unknown families {unknown} (have {list(FAMILIES)})")
+        bad_w = {k: w for k, w in self.family_weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad_w:
+            raise ValueError(f"CollectConfig.family_weights must be finite and >= 0, got {bad_w}")
         if self.workers < 0:
             raise ValueError(f"CollectConfig.workers must be >= 0, got {self.workers}")
         if self.camera_size < 16 or self.camera_size % 2:
@@ -225,6 +237,29 @@ def resolve_tasks(cfg: CollectConfig) -> list[Any]:
             continue
         seen.add(key)
         out.append(task.spec if isinstance(task.spec, str) else suites.task_spec(task))
+    return out
+
+
+def task_family(task: Any) -> str:
+    """The family of a registered task name ("pick/any" -> "pick") or of a TaskSpec."""
+    return task.split("/", 1)[0] if isinstance(task, str) else task.family
+
+
+def episode_tasks(tasks: list[Any], episodes: int, family_weights: dict[str, float] | None = None) -> list[Any]:
+    """The task of each of `episodes` attempts: plain round-robin without weights, else smooth weighted round-robin
+    (each task's share is its family's weight over the sum; ties go to the earlier task), so any prefix of the
+    schedule is as close to the shares as whole episodes allow."""
+    weights = [float((family_weights or {}).get(task_family(t), 1.0)) for t in tasks]
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("family_weights: every task to collect has weight 0")
+    credit = [0.0] * len(tasks)
+    out: list[Any] = []
+    for _ in range(episodes):
+        credit = [c + w for c, w in zip(credit, weights)]
+        best = max(range(len(tasks)), key=lambda k: (credit[k], -k))
+        credit[best] -= total
+        out.append(tasks[best])
     return out
 
 
@@ -394,7 +429,8 @@ def collect(cfg: CollectConfig) -> CollectResult:
     cams = tuple(cfg.cameras)
     fps = int(CONTROL_HZ) if cfg.fps is None else cfg.fps
     tmp = out / ".collect-tmp"  # per-episode videos encoded by the workers, removed once appended
-    jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": tasks[i % len(tasks)], "seed": cfg.seed,
+    schedule = episode_tasks(tasks, cfg.episodes, cfg.family_weights)
+    jobs: list[dict] = [{"kind": "episode", "attempt": i, "task": schedule[i], "seed": cfg.seed,
                          "noise": cfg.noise, "camera_size": cfg.camera_size, "cameras": cams, "fps": fps,
                          "codec": cfg.codec, "tmp": str(tmp), "annotate": cfg.annotate, "keypoints": cfg.keypoints,
                          "dagger": dataclasses.asdict(cfg.dagger), "regrasp": cfg.regrasp}

@@ -18,7 +18,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # Fields that may change between a run and its resumption (everything else must match the checkpoint).
 RESUMABLE_CHANGES = frozenset(
     {"steps", "resume", "save_every", "keep_last", "log_every", "progress", "time_limit_s", "num_workers", "device",
-     "threads"}
+     "threads", "prefetch"}
 )
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in `out` (fresh start if there is none)
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes per rank
+    prefetch: int = 0  # batches loaded ahead by a background thread when num_workers=0 (0 = load in the loop)
     threads: int = 0  # torch compute threads per rank (0 = torch's default); with num_workers=1 on 2 cores, 1 is faster
     chunk_size: int = 16  # action chunk length
     use_state: bool = False  # proprioceptive state token ("(S.)" models)
@@ -103,7 +104,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("mm_every", "save_every", "keep_last", "num_workers", "chunk_size", "threads"):
+        for name in ("mm_every", "save_every", "keep_last", "num_workers", "chunk_size", "threads", "prefetch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")

@@ -224,6 +224,8 @@ class ShardedBatches:
     the collate function runs in this process (it may use the model's device).
     epoch_indices: ask the dataset for `epoch * len + i` instead of `i` (datasets that re-draw augmentation and
     prompts per epoch from the index, like `instructvla.data.dataset.RobotDataset`).
+    prefetch: with no workers, a background thread loads and collates up to this many batches ahead while the model
+    computes (0 = load in the caller's thread). A loading error is raised by the `next` that would return the batch.
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class ShardedBatches:
         num_workers: int = 0,
         name: str = "dataset",
         epoch_indices: bool = False,
+        prefetch: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
@@ -250,6 +253,10 @@ class ShardedBatches:
         self.dataset, self.batch_size, self.info, self.seed = dataset, batch_size, info, seed
         self.collate, self.num_workers, self.name = collate, num_workers, name
         self.epoch_indices = epoch_indices
+        if prefetch < 0:
+            raise ValueError(f"{name}: prefetch must be >= 0, got {prefetch}")
+        self.prefetch = prefetch
+        self._prefetcher: _Prefetcher | None = None
         self.per_rank = per_rank
         self.batches_per_epoch = per_rank // batch_size
         self.epoch, self.batch = 0, 0
@@ -297,6 +304,9 @@ class ShardedBatches:
             self._iter = (
                 self.collate([self.dataset[i] for i in idx]) for idx in self._index_lists(self.epoch, self.batch)
             )
+            if self.prefetch > 0:
+                self._prefetcher = _Prefetcher(self._iter, self.prefetch, self.name)
+                self._iter = self._prefetcher
 
     def __iter__(self):
         return self
@@ -320,4 +330,63 @@ class ShardedBatches:
                 f"{self.batches_per_epoch}: the dataset, batch size or process count changed"
             )
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.close()
+
+    def close(self) -> None:
+        """Stop a prefetching thread (the next `next` starts loading again from the current position)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
         self._iter = None
+
+
+class _Prefetcher:
+    """Runs an iterator in a daemon thread, `depth` items ahead; re-raises its errors in the consumer."""
+
+    _END = object()
+
+    def __init__(self, source, depth: int, name: str) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._source, self._name = source, name
+        self._thread = threading.Thread(target=self._run, name=f"prefetch {name}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put((None, exc))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item, exc = self._queue.get()
+        if exc is not None:
+            self.close()
+            raise exc
+        if item is self._END:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

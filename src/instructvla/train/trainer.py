@@ -230,12 +230,13 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
     seed = D.rank_seed(cfg.seed, info.rank)
     primary = D.ShardedBatches(parts.primary, cfg.batch_size, info, cfg.seed, parts.collate, cfg.num_workers,
                                name="multimodal dataset" if cfg.stage == 0 else "robot dataset",
-                               epoch_indices=parts.epoch_indices)
+                               epoch_indices=parts.epoch_indices, prefetch=cfg.prefetch)
     secondary = None
     if parts.secondary is not None and cfg.mm_every > 0:
         secondary = D.ShardedBatches(parts.secondary, cfg.mm_batch_size, info, cfg.seed + 1,
                                      parts.secondary_collate or parts.collate, cfg.num_workers,
-                                     name="multimodal dataset", epoch_indices=parts.epoch_indices)
+                                     name="multimodal dataset", epoch_indices=parts.epoch_indices,
+                                     prefetch=cfg.prefetch)
 
     # ---- resume or fresh start
     state = ckpt.TrainerState(config=cfg.to_dict(), world_size=info.world_size)
@@ -362,6 +363,9 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
                 break
     finally:
         bar.close()
+        for stream in (primary, secondary):
+            if stream is not None:
+                stream.close()
 
     if last_saved != state.step:
         ckpt.save_checkpoint(out, wrapped, optimizer, state, data_state(), info, cfg.keep_last)
