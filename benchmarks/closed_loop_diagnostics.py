@@ -52,8 +52,7 @@ def _oracle_hook(policy: Any) -> dict[str, Any]:
     return current
 
 
-def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict[str, Any] | None,
-                replan_on_gripper: bool = False) -> dict[str, Any]:
+def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict[str, Any] | None) -> dict[str, Any]:
     """One rollout with privileged bookkeeping (see the module docstring)."""
     from instructvla.eval.rollout import PolicyDriver
     from instructvla.sim.catalog import CATALOG
@@ -69,7 +68,7 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
     start_z = float(start[2])
     grasp_z = grasp_height(target, start, start_z - object_half_height(CATALOG[target]) - 0.002)
     lifted = 0.0
-    driver = PolicyDriver(policy, instruction, seed, open_loop_k, replan_on_gripper=replan_on_gripper)
+    driver = PolicyDriver(policy, instruction, seed, open_loop_k)
     min_dxy, first_close, grasped, kp_err = math.inf, None, False, []
     success, closes, was_open = False, 0, True
     dest_kp_err, release_dest_dxy = [], None
@@ -151,7 +150,7 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 1000, camera_size: int | None = None,
             open_loop_k: int = 4, noise_scale: float = 0.0, center_crop_area: float | None = None,
-            oracle_keypoints: bool = False, verbose: bool = True, replan_on_gripper: bool = False) -> dict[str, Any]:
+            oracle_keypoints: bool = False, verbose: bool = True) -> dict[str, Any]:
     """Diagnostics of `policy_dir` on atomic-suite `tasks` (episode seeds as `instructvla eval`'s)."""
     from instructvla.policy import Policy, PolicyConfig
     from instructvla.sim.suites import episode_seeds, get_suite, make_task_env
@@ -171,7 +170,7 @@ def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 10
         env = make_task_env(task, camera_size=camera_size, cameras=cameras)
         try:
             for s in episode_seeds(task):
-                row = run_episode(policy, env, s, open_loop_k, oracle, replan_on_gripper)
+                row = run_episode(policy, env, s, open_loop_k, oracle)
                 rows.setdefault(task_id, []).append(row)
                 if verbose:
                     fc = row["first_close"]
@@ -191,8 +190,7 @@ def measure(policy_dir: str, tasks: list[str], episodes: int = 8, seed: int = 10
                           flush=True)
         finally:
             env.close()
-    return {"policy": policy_dir, "oracle_keypoints": oracle_keypoints, "replan_on_gripper": replan_on_gripper,
-            "episodes_per_task": episodes,
+    return {"policy": policy_dir, "oracle_keypoints": oracle_keypoints, "episodes_per_task": episodes,
             "tasks": {t: summarise(r) for t, r in rows.items()}, "episodes": rows}
 
 
@@ -208,16 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--center-crop-area", type=float, default=None,
                     help="test-time crop (default: the policy's own, matching its training)")
     ap.add_argument("--oracle-keypoints", action="store_true", help="feed the simulator's keypoints to the expert")
-    ap.add_argument("--replan-on-gripper", action="store_true",
-                    help="also end a chunk just before its gripper command flips (see RolloutConfig)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     res = measure(args.policy, [t for t in args.tasks.split(",") if t], args.episodes, args.seed, args.camera_size,
-                  args.open_loop_k, args.noise_scale, args.center_crop_area, args.oracle_keypoints,
-                  replan_on_gripper=args.replan_on_gripper)
+                  args.open_loop_k, args.noise_scale, args.center_crop_area, args.oracle_keypoints)
     from rich.console import Console
     from rich.table import Table
 

@@ -74,7 +74,6 @@ class DemoPreset:
     augment: bool = True  # random 0.9-area crops + colour jitter in stages 1 and 2 (evaluation then centre-crops 0.9)
     regrasp: float = 0.0  # share of pick-based episodes collected from a missed grasp onward (sim/collect.py)
     family_weights: tuple[tuple[str, float], ...] = ()  # collection share per task family (others weigh 1)
-    replan_on_gripper: bool = False  # open-loop evaluation: a new chunk just before each grasp / release
     cumulative_loss_weight: float = 0.0  # stage 1: flow loss on the chunk's running sums of delta errors
 
 
@@ -160,7 +159,6 @@ class DemoConfig:
     regrasp: float | None = None
     cumulative_loss_weight: float | None = None
     family_weights: dict[str, float] | None = None
-    replan_on_gripper: bool | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -284,8 +282,7 @@ def _evaluate(cfg: DemoConfig, p: DemoPreset, name: str, model_dir: str, folder:
         res = evaluate_policy(EvalConfig(
             policy=model_dir, name=name, suite=",".join(group), episodes=episodes, seeds=[cfg.seed + 1000],
             workers=cfg.workers, max_steps=p.eval_max_steps, camera_size=p.camera_size,
-            execution=p.eval_execution, open_loop_k=p.open_loop_k, replan_on_gripper=p.replan_on_gripper,
-            device=_device(cfg), out=str(sub),
+            execution=p.eval_execution, open_loop_k=p.open_loop_k, device=_device(cfg), out=str(sub),
             center_crop_area=None,  # the policy's own: the crop its training used (random 0.9-area crops or none)
             noise_scale=p.noise_scale,
             vqa_data=str(data), vqa_limit=p.vqa_limit, vqa_max_new_tokens=p.vqa_max_new_tokens, think=think,

@@ -103,23 +103,3 @@ def test_open_loop_chunker_executes_first_k():
     chunker.reset()
     with pytest.raises(RuntimeError, match="set_chunk"):
         chunker.pop()
-
-
-def test_open_loop_replans_just_before_the_gripper_flips():
-    def chunk(gripper: list[float]) -> np.ndarray:
-        c = np.zeros((len(gripper), 7), dtype=np.float32)
-        c[:, 0] = np.arange(len(gripper))  # which action of the chunk ran
-        c[:, 6] = gripper
-        return c
-
-    closing = chunk([1, 1, 1, 0.2, 0, 0, 0, 0])  # open (1) for three actions, then closes
-    chunker = OpenLoopChunker(k=6, replan_on_gripper=True)
-    chunker.set_chunk(closing)
-    assert [chunker.pop()[0] for _ in range(3)] == [0, 1, 2] and chunker.needs_chunk()  # stops before the close
-    chunker.set_chunk(chunk([0, 0, 0, 0, 0, 1, 1, 1]))  # a flip at its first action runs; the release at 5 cuts
-    assert [chunker.pop()[0] for _ in range(5)] == [0, 1, 2, 3, 4] and chunker.needs_chunk()
-    chunker.set_chunk(chunk([1] * 6 + [0] * 2))  # the flip lies beyond k: k actions as usual
-    assert [chunker.pop()[0] for _ in range(6)] == list(range(6)) and chunker.needs_chunk()
-    plain = OpenLoopChunker(k=6)
-    plain.set_chunk(closing)
-    assert [plain.pop()[0] for _ in range(6)] == list(range(6))

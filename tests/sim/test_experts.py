@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from instructvla.sim.env import MAX_DELTA_POS, MAX_DELTA_ROT, make_env
-from instructvla.sim.experts import make_expert
+from instructvla.sim.experts import grasp_yaw, make_expert
 from instructvla.sim.tasks import FAMILIES
 
 
@@ -188,3 +188,19 @@ def test_grasp_offset_validation():
 
     with pytest.raises(ValueError, match="grasp_offset"):
         Expert(make_env("pick/any", render=False), grasp_offset=np.array([0.0, np.nan, 0.0]))
+
+
+def _turned(deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_grasp_yaw_turns_only_for_objects_that_need_it():
+    for deg in (0.0, 30.0, 44.0, -44.0, 80.0):
+        assert grasp_yaw("block A", _turned(deg)) == 0.0  # a 4.4 cm cube's 6.2 cm diagonal fits the 8 cm hand
+        assert grasp_yaw("apple", _turned(deg)) == 0.0  # round: any yaw
+    # the sponge (7 x 4.4 cm) is closed across its 4.4 cm side: the hand turns with it, modulo a half turn
+    assert grasp_yaw("sponge", _turned(30.0)) == pytest.approx(np.radians(30.0))
+    assert grasp_yaw("sponge", _turned(120.0)) == pytest.approx(np.radians(-60.0))
+    # the spoon is narrower along its local y: same rule
+    assert grasp_yaw("spoon", _turned(-20.0)) == pytest.approx(np.radians(-20.0))

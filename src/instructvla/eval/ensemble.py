@@ -87,20 +87,15 @@ class AdaptiveEnsemble:
 class OpenLoopChunker:
     """Open-loop "first-k" execution: run the first k actions of a chunk, then ask for a new one.
 
-    replan_on_gripper: also stop a chunk just before its gripper command flips (open <-> closed, split at 0.5 in
-    action dimension `gripper_dim`), so the policy looks again from where the arm really is before it grasps or lets
-    go; a flip at the chunk's first action runs as usual.
     Usage per control step: ``if chunker.needs_chunk(): chunker.set_chunk(policy(...)); action = chunker.pop()``.
     """
 
-    def __init__(self, k: int, replan_on_gripper: bool = False, gripper_dim: int = -1) -> None:
+    def __init__(self, k: int) -> None:
         if k < 1:
             raise ValueError(f"OpenLoopChunker.k must be >= 1, got {k}")
         self.k = k
-        self.replan_on_gripper, self.gripper_dim = replan_on_gripper, gripper_dim
         self._chunk: np.ndarray | None = None
         self._step = 0
-        self._end = k
 
     def reset(self) -> None:
         """Drop the current chunk (new episode)."""
@@ -123,12 +118,6 @@ class OpenLoopChunker:
             raise ValueError(f"chunk has {arr.shape[0]} actions but k={self.k} are executed per chunk")
         self._chunk = np.asarray(chunk).astype(np.float32)
         self._step = 0
-        self._end = self.k
-        if self.replan_on_gripper:
-            closed = arr[: self.k, self.gripper_dim] < 0.5
-            flips = np.flatnonzero(closed[1:] != closed[:-1])
-            if flips.size:
-                self._end = int(flips[0]) + 1  # run up to the flip; the next chunk starts from the new state
 
     def pop(self) -> np.ndarray:
         """Return the next action (D,); after k actions the chunk is used up."""
@@ -136,6 +125,6 @@ class OpenLoopChunker:
             raise RuntimeError("OpenLoopChunker.pop() called with no chunk; call set_chunk() first")
         action = self._chunk[self._step].copy()
         self._step += 1
-        if self._step >= self._end:
+        if self._step >= self.k:
             self.reset()
         return action

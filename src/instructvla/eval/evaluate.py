@@ -55,8 +55,7 @@ class EvalConfig:
     seeds:         evaluation seeds (default: [0]); each gives `episodes` fixed episodes per task.
     workers:       parallel worker processes (each loads the policy once; 1 = in this process).
     execution:     "ensemble" (query every step, adaptive ensemble over the last `ensemble_k` chunks, `alpha`) or
-                   "open_loop" (execute the first `open_loop_k` actions of each chunk; `replan_on_gripper` also
-                   ends a chunk just before its gripper command flips).
+                   "open_loop" (execute the first `open_loop_k` actions of each chunk).
     latent_cache:  reuse the VLM latents, recomputing every `latent_every` policy calls.
     think:         thinking mode: generate a reply first, regenerated every `think_every` steps.
     max_steps:     per-episode step limit (default: each task's own).
@@ -83,7 +82,6 @@ class EvalConfig:
     ensemble_k: int = 8
     alpha: float = 0.1
     open_loop_k: int = 4
-    replan_on_gripper: bool = False
     latent_cache: bool = False
     latent_every: int = 2
     think: bool = False
@@ -137,7 +135,7 @@ class EvalConfig:
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(
             execution=self.execution, ensemble_k=self.ensemble_k, alpha=self.alpha, open_loop_k=self.open_loop_k,
-            replan_on_gripper=self.replan_on_gripper, latent_cache=self.latent_cache, latent_every=self.latent_every, think=self.think,
+            latent_cache=self.latent_cache, latent_every=self.latent_every, think=self.think,
             think_every=self.think_every, max_steps=self.max_steps, video_stride=self.video_stride,
         )
 

@@ -41,8 +41,6 @@ class RolloutConfig:
                    (execute the first `open_loop_k` actions of each chunk, then query again).
     ensemble_k:    chunks kept by the adaptive ensemble (method: 2 / 7 / 8); alpha: its temperature (0.1).
     open_loop_k:   actions executed per chunk in open-loop mode.
-    replan_on_gripper: open-loop mode also ends a chunk just before its gripper command flips, so the policy looks
-                   again before it closes on an object or lets it go.
     latent_cache:  reuse the VLM latents between steps, recomputing every `latent_every` policy calls.
     think:         generate a text reply before acting, regenerated every `think_every` steps.
     max_steps:     step limit per episode (None: the task's own limit).
@@ -54,7 +52,6 @@ class RolloutConfig:
     ensemble_k: int = 8
     alpha: float = 0.1
     open_loop_k: int = 4
-    replan_on_gripper: bool = False
     latent_cache: bool = False
     latent_every: int = 2
     think: bool = False
@@ -157,14 +154,13 @@ class PolicyDriver:
     """
 
     def __init__(self, policy: Any, instruction: str, seed: int, open_loop_k: int | None,
-                 think: bool = False, replan_on_gripper: bool = False) -> None:
+                 think: bool = False) -> None:
         from instructvla.eval.ensemble import OpenLoopChunker
 
         policy.config = dataclasses.replace(policy.config, seed=int(seed))
         policy.reset()
         self.policy, self.instruction, self.think = policy, instruction, think
-        self.chunker = (OpenLoopChunker(open_loop_k, replan_on_gripper=replan_on_gripper)
-                        if open_loop_k is not None else None)
+        self.chunker = OpenLoopChunker(open_loop_k) if open_loop_k is not None else None
         self.calls = 0
 
     @property
@@ -208,7 +204,7 @@ def run_episode(policy: Any, env: Any, seed: int, cfg: RolloutConfig, record: bo
     if max_steps is None:
         raise ValueError("no step limit: pass RolloutConfig.max_steps or use an env with a max_steps attribute")
     driver = PolicyDriver(policy, instruction, seed, cfg.open_loop_k if cfg.execution == "open_loop" else None,
-                          cfg.think, replan_on_gripper=cfg.replan_on_gripper)
+                          cfg.think)
     frames = [_small(obs["image"], cfg.video_size)] if record else []
     replies: list[tuple[int, str]] = []
     steps = 0

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 OPEN, CLOSED = 1.0, 0.0
 PICK_FAMILIES = ("pick", "place_on", "place_in", "move_near", "stack")  # families that start with a top-down grasp
+CUBE_CLEARANCE = 0.01  # m: a square block is taken at any turn when its diagonal is this much narrower than the hand
 MAX_REGRASPS = 2  # times per episode the expert grasps again after losing the target
 TRANSPORT_Z = 0.14  # height of the held object's bottom while moving above the table
 DRAWER_CARRY_Z = 0.37  # ... and above the cabinet when carrying into the (top) drawer
@@ -45,8 +46,10 @@ class Waypoint:
     name: str = ""
 
 
-def _grasp_yaw(name: str, obj_mat: np.ndarray) -> float:
-    """Yaw of a top-down grasp: fingers close across the object's narrower horizontal dimension."""
+def grasp_yaw(name: str, obj_mat: np.ndarray) -> float:
+    """Yaw of a top-down grasp: fingers close across the object's narrower horizontal dimension. A square block
+    whose diagonal fits the open hand is taken at yaw 0 whatever its turn (the fingers align it as they close), so
+    the demonstrations only turn the hand where the object needs it."""
     spec = CATALOG[name]
     x_axis = obj_mat[:, 0]
     theta = float(np.arctan2(x_axis[1], x_axis[0]))
@@ -54,8 +57,10 @@ def _grasp_yaw(name: str, obj_mat: np.ndarray) -> float:
         spec.shape == "ellipsoid" and spec.size[0] == spec.size[1]
     ):
         return 0.0
-    if spec.shape == "box" and abs(spec.size[0] - spec.size[1]) < 1e-6:  # cube: any face pair, closest to 0
-        period = np.pi / 2
+    if spec.shape == "box" and abs(spec.size[0] - spec.size[1]) < 1e-6:
+        if 2 * np.hypot(spec.size[0], spec.size[1]) < 2 * R.FINGER_MAX - CUBE_CLEARANCE:
+            return 0.0  # its diagonal fits the open hand: the closing fingers square it up, no turn needed
+        period = np.pi / 2  # any face pair, the one closest to 0
     else:
         period = np.pi
         if spec.size[0] < spec.size[1]:  # narrower along local x: close along x
@@ -270,7 +275,7 @@ class Expert:
         p = scene.object_pos(name)
         hh = O.object_half_height(CATALOG[name])
         surface = p[2] - hh - 0.002
-        yaw = _grasp_yaw(name, scene.object_mat(name))
+        yaw = grasp_yaw(name, scene.object_mat(name))
         rot = top_down_mat(yaw)
         gz = grasp_height(name, p, surface)
         above = np.array([p[0], p[1], max(gz + 0.1, surface + 0.16)])
