@@ -16,6 +16,9 @@ def test_overrides_replace_preset_values():
     p = DemoConfig(preset="quick", episodes=7, stage1_minutes=0.5, lr_schedule="constant", stage2_lr=1e-4).resolved()
     assert p.episodes == 7 and p.stage1_minutes == 0.5 and p.lr_schedule == "constant" and p.stage2_lr == 1e-4
     assert p.model_preset == PRESETS["quick"].model_preset
+    assert PRESETS["quick"].family_weights == (("open_drawer", 0.4),)
+    q = DemoConfig(preset="quick", family_weights={"pick": 2.0, "open_drawer": 1.0}).resolved()
+    assert q.family_weights == (("open_drawer", 1.0), ("pick", 2.0))  # hashable, order-free
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         DemoConfig(preset="quick", lr_schedule="step")
 

@@ -87,7 +87,7 @@ PRESETS: dict[str, DemoPreset] = {
         eval_execution="open_loop", open_loop_k=12, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
         keypoint_teacher_forcing=0.5, keypoint_action_bias=True, keypoint_heatmap_weight=1.0, object_keypoint_weight=1.0,
-        cameras=("primary",), stage2_lr=3e-4, augment=False,
+        cameras=("primary",), stage2_lr=3e-4, augment=False, family_weights=(("open_drawer", 0.4),),
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
