@@ -151,6 +151,8 @@ def test_prefetch_thread_gives_the_same_run_and_resume(tmp_path):
     run_training(cfg(tmp_path / "b", steps=4, prefetch=2), toy_parts(), ONE)  # the thread ran ahead of step 4
     run_training(cfg(tmp_path / "b", resume=True, prefetch=3), toy_parts(seed=123), ONE)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    run_training(cfg(tmp_path / "c", steps=4, save_every=0, num_workers=1, prefetch=2), toy_parts(), ONE)
+    assert losses(tmp_path / "c") == losses(tmp_path / "a")[:4]  # with DataLoader workers too
 
 
 def test_cosine_schedule_follows_the_budget_and_survives_resume(tmp_path):

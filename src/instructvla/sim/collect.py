@@ -241,8 +241,10 @@ def resolve_tasks(cfg: CollectConfig) -> list[Any]:
 
 
 def task_family(task: Any) -> str:
-    """The family of a registered task name ("pick/any" -> "pick") or of a TaskSpec."""
-    return task.split("/", 1)[0] if isinstance(task, str) else task.family
+    """The family of a registered task name (e.g. "pick/any" -> "pick") or of a TaskSpec."""
+    from instructvla.sim import tasks as T
+
+    return T.get_task(task).family if isinstance(task, str) else task.family
 
 
 def episode_tasks(tasks: list[Any], episodes: int, family_weights: dict[str, float] | None = None) -> list[Any]:

@@ -60,7 +60,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest checkpoint in `out` (fresh start if there is none)
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes per rank
-    prefetch: int = 0  # batches loaded ahead by a background thread when num_workers=0 (0 = load in the loop)
+    prefetch: int = 0  # batches collated ahead by a background thread (0 = in the loop); slower on 2 cores
     threads: int = 0  # torch compute threads per rank (0 = torch's default); with num_workers=1 on 2 cores, 1 is faster
     chunk_size: int = 16  # action chunk length
     use_state: bool = False  # proprioceptive state token ("(S.)" models)

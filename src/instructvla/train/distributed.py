@@ -10,7 +10,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import queue
 import random
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -224,8 +226,8 @@ class ShardedBatches:
     the collate function runs in this process (it may use the model's device).
     epoch_indices: ask the dataset for `epoch * len + i` instead of `i` (datasets that re-draw augmentation and
     prompts per epoch from the index, like `instructvla.data.dataset.RobotDataset`).
-    prefetch: with no workers, a background thread loads and collates up to this many batches ahead while the model
-    computes (0 = load in the caller's thread). A loading error is raised by the `next` that would return the batch.
+    prefetch: a background thread loads (or, with workers, collects) and collates up to this many batches ahead while
+    the model computes (0 = in the caller's thread). A loading error is raised by the `next` that would return the batch.
     """
 
     def __init__(
@@ -304,9 +306,9 @@ class ShardedBatches:
             self._iter = (
                 self.collate([self.dataset[i] for i in idx]) for idx in self._index_lists(self.epoch, self.batch)
             )
-            if self.prefetch > 0:
-                self._prefetcher = _Prefetcher(self._iter, self.prefetch, self.name)
-                self._iter = self._prefetcher
+        if self.prefetch > 0:
+            self._prefetcher = _Prefetcher(self._iter, self.prefetch, self.name)
+            self._iter = self._prefetcher
 
     def __iter__(self):
         return self
@@ -346,18 +348,13 @@ class _Prefetcher:
     _END = object()
 
     def __init__(self, source, depth: int, name: str) -> None:
-        import queue
-        import threading
-
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._source, self._name = source, name
+        self._source = source
         self._thread = threading.Thread(target=self._run, name=f"prefetch {name}", daemon=True)
         self._thread.start()
 
     def _put(self, item) -> bool:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
