@@ -4,8 +4,8 @@ For every episode of the chosen atomic-suite tasks (the demo's evaluation settin
 deterministic flow, the eval's centre crop) it records from the simulator's privileged state:
   - success, and whether the instructed object was ever grasped;
   - the closest the gripper's centre came to the object in the horizontal plane before the gripper first closed;
-  - where the gripper was, relative to the object, when it first closed (horizontal distance, height above the
-    object's centre);
+  - where the gripper was, relative to the object, when it first closed (horizontal distance, also split along and
+    across the fingers' closing axis; height above the object's centre);
   - for a policy with a keypoint readout, the L1 error of its target keypoint against the simulator's projection;
   - after the grasp: how high the object was ever lifted, whether it is still held at the end, and (tasks with a
     destination object or fixture) how far its centre ended from the destination's, horizontally;
@@ -87,7 +87,7 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
                 and scene.is_grasped(target)):  # first opening while holding the target: where it is let go
             held_at, dest_at, _ = base.task_points()
             release_dest_dxy = 100 * float(np.hypot(*(held_at[:2] - dest_at[:2])))
-        tcp, _ = scene.tcp_pose()
+        tcp, tcp_mat = scene.tcp_pose()
         obj = scene.object_pos(target)
         dxy = float(np.hypot(*(tcp[:2] - obj[:2])))
         closes += int(was_open and action[6] < 0.5)
@@ -98,7 +98,8 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
                 first_close = {"step": step, "dxy_cm": 100 * dxy, "dz_cm": 100 * float(tcp[2] - obj[2]),
                                "above_grasp_cm": 100 * float(tcp[2] - grasp_z), "moving_down_cm": -100 * float(action[2]),
                                "dx_cm": 100 * float(tcp[0] - obj[0]), "dy_cm": 100 * float(tcp[1] - obj[1]),
-                               "object_xy": [float(obj[0]), float(obj[1])]}
+                               "object_xy": [float(obj[0]), float(obj[1])],
+                               **_along_across_closing_axis(tcp[:2] - obj[:2], tcp_mat)}
         obs, _, terminated, truncated, info = env.step(action)
         grasped = grasped or bool(scene.is_grasped(target))
         lifted = max(lifted, float(scene.object_pos(target)[2]) - start_z)
@@ -114,6 +115,13 @@ def run_episode(policy: Any, env: Any, seed: int, open_loop_k: int, oracle: dict
             "target_kp_err": float(np.mean(kp_err)) if kp_err else None, "lifted_cm": 100 * lifted,
             "held_at_end": bool(scene.is_grasped(target)), "end_dest_dxy_cm": end_dest_dxy, "closes": closes,
             "dest_kp_err": float(np.mean(dest_kp_err)) if dest_kp_err else None, "release_dest_dxy_cm": release_dest_dxy}
+
+
+def _along_across_closing_axis(offset_xy: np.ndarray, tcp_mat: np.ndarray) -> dict[str, float]:
+    """|offset| (cm) along the fingers' closing axis (the hand's y axis, in the table plane) and across it."""
+    axis = tcp_mat[:2, 1] / max(float(np.linalg.norm(tcp_mat[:2, 1])), 1e-9)
+    along = float(offset_xy @ axis)
+    return {"along_axis_cm": 100 * abs(along), "across_axis_cm": 100 * float(np.linalg.norm(offset_xy - along * axis))}
 
 
 def _median(xs: list[float]) -> float | None:
@@ -132,6 +140,8 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "reached_within_2cm": float(np.mean([e["min_dxy_cm"] <= 2.0 for e in episodes])) if episodes else None,
         "closed_rate": len(closes) / len(episodes) if episodes else None,
         "median_close_dxy_cm": _median([c["dxy_cm"] for c in closes]),
+        "median_close_along_axis_cm": _median([c["along_axis_cm"] for c in closes]),
+        "median_close_across_axis_cm": _median([c["across_axis_cm"] for c in closes]),
         "median_close_dz_cm": _median([c["dz_cm"] for c in closes]),
         "median_close_above_grasp_cm": _median([c["above_grasp_cm"] for c in closes]),
         "median_close_step": _median([float(c["step"]) for c in closes]),
@@ -217,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     cols = ("success_rate", "grasp_rate", "reached_within_2cm", "median_min_dxy_cm", "closed_rate",
-            "median_close_step", "median_close_dxy_cm", "median_close_dz_cm", "target_kp_err", "retried")
+            "median_close_step", "median_close_dxy_cm", "median_close_along_axis_cm",
+            "median_close_across_axis_cm", "median_close_dz_cm", "target_kp_err", "retried")
     table = Table(title=f"closed-loop diagnostics{' (oracle keypoints)' if args.oracle_keypoints else ''}: "
                         f"{args.policy}")
     table.add_column("task")

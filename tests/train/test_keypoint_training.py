@@ -141,10 +141,14 @@ def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, load_
     assert row["end_dest_dxy_cm"] > 0 and row["lifted_cm"] >= 0 and isinstance(row["held_at_end"], bool)
     assert row["closes"] >= 0 and row["dest_kp_err"] >= 0
     if row["first_close"] is not None:
-        assert set(row["first_close"]) >= {"above_grasp_cm", "moving_down_cm", "dx_cm", "dy_cm", "object_xy"}
+        assert set(row["first_close"]) >= {"above_grasp_cm", "moving_down_cm", "dx_cm", "dy_cm", "object_xy",
+                                          "along_axis_cm", "across_axis_cm"}
+        fc = row["first_close"]
+        assert fc["along_axis_cm"] ** 2 + fc["across_axis_cm"] ** 2 == pytest.approx(fc["dxy_cm"] ** 2, rel=1e-6)
     # the summary arithmetic on hand-made rows
     rows = [{"success": True, "grasped": True, "min_dxy_cm": 1.0, "target_kp_err": 0.1, "closes": 2,
-             "first_close": {"step": 10, "dxy_cm": 1.5, "dz_cm": 2.0, "above_grasp_cm": 0.5},
+             "first_close": {"step": 10, "dxy_cm": 1.5, "dz_cm": 2.0, "above_grasp_cm": 0.5,
+                             "along_axis_cm": 0.9, "across_axis_cm": 1.2},
              "dest_kp_err": 0.05, "release_dest_dxy_cm": 3.0},
             {"success": False, "grasped": True, "min_dxy_cm": 9.0, "target_kp_err": 0.3, "first_close": None,
              "end_dest_dxy_cm": 12.0, "closes": 0, "dest_kp_err": None, "release_dest_dxy_cm": None}]
@@ -152,6 +156,7 @@ def test_closed_loop_diagnostics_with_and_without_oracle_keypoints(stage1, load_
     assert s["success_rate"] == 0.5 and s["reached_within_2cm"] == 0.5 and s["closed_rate"] == 0.5
     assert s["median_min_dxy_cm"] == 5.0 and s["median_close_dz_cm"] == 2.0 and s["median_close_above_grasp_cm"] == 0.5
     assert s["target_kp_err"] == pytest.approx(0.2)
+    assert s["median_close_along_axis_cm"] == 0.9 and s["median_close_across_axis_cm"] == 1.2
     assert s["grasped_then_failed"] == 1 and s["median_end_dest_dxy_cm"] == 12.0
     assert s["retried"] == 1 and s["retried_success"] == 1 and s["released"] == 1
     assert s["median_release_dest_dxy_cm"] == 3.0 and s["dest_kp_err"] == 0.05
