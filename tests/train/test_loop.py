@@ -118,6 +118,29 @@ def test_time_limit_stops_cleanly_and_resume_continues(tmp_path, monkeypatch):
     assert ckpt.latest_checkpoint(tmp_path).name == f"step-{summary['step']:06d}"
 
 
+def test_summary_throughput_is_the_runs_mean_without_checkpoint_writes(tmp_path, monkeypatch):
+    clock, calls = [0.0], [0]  # the k-th forward takes k s, each checkpoint write 100 s
+    monkeypatch.setattr("instructvla.train.trainer._now", lambda: clock[0])
+    save = ckpt.save_checkpoint
+
+    def slow_save(*args, **kwargs):
+        clock[0] += 100.0
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", slow_save)
+    parts = toy_parts()
+    forward = parts.model.forward
+
+    def timed_forward(batch):
+        calls[0] += 1
+        clock[0] += calls[0]
+        return forward(batch)
+
+    parts.model.forward = timed_forward
+    summary = run_training(cfg(tmp_path, steps=6, save_every=2, batch_size=4), parts, ONE)
+    assert summary["samples_per_s"] == pytest.approx(6 * 4 / (1 + 2 + 3 + 4 + 5 + 6))  # not the last step's 4 / 6
+
+
 def test_ema_weights_are_exported_and_resumed(tmp_path):
     parts = toy_parts()
     run_training(cfg(tmp_path / "a", ema=0.5), parts, ONE)
