@@ -348,18 +348,21 @@ def demo(cfg: DemoConfig) -> int:
     _phase("collect", data, log, console, lambda: _collect(cfg, p, data))
     s0 = _phase("stage 0 (VLM)", out / "stage0", log, console,
                 lambda: _train(cfg, p, 0, out / "stage0", data, None, p.stage0_minutes, p.stage0_steps))
-    s1 = _phase("stage 1 (Expert)", out / "stage1", log, console,
-                lambda: _train(cfg, p, 1, out / "stage1", data, Path(s0["model"]), p.stage1_minutes,
-                               p.stage1_steps))
-    s2 = _phase("stage 2 (Generalist)", out / "stage2", log, console,
-                lambda: _train(cfg, p, 2, out / "stage2", data, Path(s1["model"]), p.stage2_minutes,
-                               p.stage2_steps))
-    policies = {"Expert": s1["model"], "Generalist": s2["model"]}
-    if p.no_moe_baseline:
-        nm = _phase("stage 2 no-MoE baseline", out / "stage2_nomoe", log, console,
-                    lambda: _train(cfg, p, 2, out / "stage2_nomoe", data, Path(s1["model"]), p.stage2_minutes,
-                                   p.stage2_steps, no_moe=True))
-        policies["Generalist (no MoE)"] = nm["model"]
+    from instructvla.data.lerobot import sharing_decoded_frames
+
+    with sharing_decoded_frames():  # stage 2 (and the no-MoE baseline) reuse the frames stage 1 decoded
+        s1 = _phase("stage 1 (Expert)", out / "stage1", log, console,
+                    lambda: _train(cfg, p, 1, out / "stage1", data, Path(s0["model"]), p.stage1_minutes,
+                                   p.stage1_steps))
+        s2 = _phase("stage 2 (Generalist)", out / "stage2", log, console,
+                    lambda: _train(cfg, p, 2, out / "stage2", data, Path(s1["model"]), p.stage2_minutes,
+                                   p.stage2_steps))
+        policies = {"Expert": s1["model"], "Generalist": s2["model"]}
+        if p.no_moe_baseline:
+            nm = _phase("stage 2 no-MoE baseline", out / "stage2_nomoe", log, console,
+                        lambda: _train(cfg, p, 2, out / "stage2_nomoe", data, Path(s1["model"]), p.stage2_minutes,
+                                       p.stage2_steps, no_moe=True))
+            policies["Generalist (no MoE)"] = nm["model"]
 
     evals: dict[str, dict] = {}
     evals["Stage-0 VLM"] = _phase("eval stage-0 VQA", out / "eval" / "stage0", log, console,

@@ -14,6 +14,7 @@ from instructvla.data.lerobot import (
     LeRobotDatasetWriter,
     VideoConfig,
     robot_features,
+    sharing_decoded_frames,
     write_annotations,
 )
 
@@ -115,6 +116,53 @@ def _copy(root, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(root, dst)
     return dst
+
+
+def _no_decoding(monkeypatch):
+    def refuse(self, timestamps):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr("instructvla.data.lerobot._VideoReader.decode", refuse)
+
+
+def test_decoded_frames_are_shared_read_only_and_kept_only_when_asked(root, tmp_path, monkeypatch):
+    import gc
+    import os
+
+    ds = _copy(root, tmp_path)
+    cam = "observation.images.primary"
+    a = LeRobotDatasetReader(ds)
+    frames = a.episode_frames(1, cam)
+    with pytest.raises(ValueError):
+        frames[0, 0, 0, 0] = 1  # every sample reads the cached array: nobody may write into it
+    b = LeRobotDatasetReader(ds)  # alive at the same time: shares what `a` decoded
+    with monkeypatch.context() as m:
+        _no_decoding(m)
+        assert b.episode_frames(1, cam) is frames and b.image(1, 3, cam) is not None
+    del a, b, frames
+    gc.collect()
+    c = LeRobotDatasetReader(ds)  # opened after the others are gone, outside the block: starts empty
+    assert not c._decoded.episodes
+
+    del c
+    gc.collect()
+    with sharing_decoded_frames():
+        stage1 = LeRobotDatasetReader(ds)
+        first = stage1.episode_frames(2, cam).copy()
+        del stage1
+        gc.collect()
+        later = LeRobotDatasetReader(ds)  # the next stage: the frames outlived their reader
+        with monkeypatch.context() as m:
+            _no_decoding(m)
+            np.testing.assert_array_equal(later.episode_frames(2, cam), first)
+        del later
+        video = next((ds / "videos").rglob("*.mp4"))
+        os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
+        changed = LeRobotDatasetReader(ds)  # the files changed: nothing is reused
+        assert not changed._decoded.episodes
+    del changed
+    gc.collect()
+    assert not LeRobotDatasetReader(ds)._decoded.episodes  # released with the block
 
 
 def test_truncated_parquet(root, tmp_path):

@@ -22,8 +22,10 @@ import json
 import logging
 import os
 import shutil
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -674,6 +676,63 @@ def _column_to_numpy(col: pa.ChunkedArray, ft: dict, path: Path, key: str) -> np
     return arr.reshape(len(col), *shape).astype(ft["dtype"])
 
 
+class DecodedFrames:
+    """LRU of whole decoded episodes, (episode, camera) -> (T, H, W, 3) uint8, within a byte budget. Readers of the
+    same dataset files share one (see `sharing_decoded_frames`)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.episodes: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: tuple[int, str]) -> np.ndarray | None:
+        frames = self.episodes.get(key)
+        if frames is not None:
+            self.episodes.move_to_end(key)
+        return frames
+
+    def put(self, key: tuple[int, str], frames: np.ndarray) -> None:
+        frames.setflags(write=False)  # shared by every sample (and reader) that reads it
+        self.episodes[key] = frames
+        self.nbytes += frames.nbytes
+        while self.nbytes > self.budget and len(self.episodes) > 1:
+            _, old = self.episodes.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+
+# Readers alive at the same time share the decoded frames of the same files; inside `sharing_decoded_frames` they
+# are also kept for a reader opened later (the next training stage of the same process).
+_decoded_by_files: weakref.WeakValueDictionary[tuple, DecodedFrames] = weakref.WeakValueDictionary()
+_kept_decoded: list[DecodedFrames] | None = None
+
+
+@contextmanager
+def sharing_decoded_frames() -> Iterator[None]:
+    """Within this block the decoded episodes of a reader opened in it outlive the reader: a later reader of the
+    same, unchanged files (a later training stage in the same process) starts with them instead of decoding the
+    videos again. They are released when the outermost block ends."""
+    global _kept_decoded
+    outer = _kept_decoded
+    if outer is None:
+        _kept_decoded = []
+    try:
+        yield
+    finally:
+        if outer is None:
+            _kept_decoded = None
+
+
+def _decoded_frames_for(files: tuple, budget: int) -> DecodedFrames:
+    key = (files, budget)
+    cache = _decoded_by_files.get(key)
+    if cache is None:
+        cache = DecodedFrames(budget)
+        _decoded_by_files[key] = cache
+    if _kept_decoded is not None and all(c is not cache for c in _kept_decoded):
+        _kept_decoded.append(cache)
+    return cache
+
+
 @dataclass
 class Episode:
     """One row of meta/episodes: where an episode's frames live."""
@@ -729,14 +788,24 @@ class LeRobotDatasetReader:
         for k in self.video_keys:
             self._check_video_shape(k)
         self._annotations: dict[int, dict[int, dict]] | None = None
-        self._cache: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
-        self._cache_bytes, self._cached = cache_bytes, 0
+        self._decoded = _decoded_frames_for(self._files_fingerprint(), cache_bytes)
         frame_bytes = sum(int(np.prod(self.features[k]["shape"])) for k in self.camera_keys)
         self.whole_episode_decoding = frame_bytes * len(self) <= cache_bytes
 
+    def _files_fingerprint(self) -> tuple:
+        """Every file of the dataset with its size and modification time: decoded frames are shared only between
+        readers of the very same files."""
+        out = []
+        for sub in ("meta", "data", "videos"):
+            for path in sorted((self.root / sub).rglob("*")):
+                if path.is_file():
+                    st = path.stat()
+                    out.append((str(path.resolve()), st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
     def __getstate__(self) -> dict:
         # decoded-frame cache stays behind (DataLoader workers with spawn get a light copy)
-        return {**self.__dict__, "_cache": OrderedDict(), "_cached": 0}
+        return {**self.__dict__, "_decoded": DecodedFrames(self._decoded.budget)}
 
     # --- metadata loading
     def _load_tasks(self) -> list[str]:
@@ -924,9 +993,8 @@ class LeRobotDatasetReader:
             return _decode_png(self._images[key][e.start + frame_index], self.root, key)
         if key not in self.video_keys:
             raise KeyError(f"no camera {key!r} (have {self.camera_keys})")
-        cached = self._cache.get((ep, key))
+        cached = self._decoded.get((ep, key))
         if cached is not None:
-            self._cache.move_to_end((ep, key))
             return cached[frame_index]
         if self.whole_episode_decoding:
             return self.episode_frames(ep, key)[frame_index]
@@ -935,9 +1003,9 @@ class LeRobotDatasetReader:
 
     def episode_frames(self, ep: int, key: str) -> np.ndarray:
         """All frames of camera `key` in episode `ep`, (T, H, W, 3) uint8 (decoded once, then LRU-cached)."""
-        if (ep, key) in self._cache:
-            self._cache.move_to_end((ep, key))
-            return self._cache[(ep, key)]
+        cached = self._decoded.get((ep, key))
+        if cached is not None:
+            return cached
         e = self.episodes[ep]
         if key in self.image_keys:
             frames = np.stack([self.image(ep, i, key) for i in range(e.length)])
@@ -947,11 +1015,7 @@ class LeRobotDatasetReader:
             frames = self._video(ep, key).decode(ts.tolist())
             if frames.shape[1:] != tuple(self.features[key]["shape"]):
                 raise DatasetError(self._video(ep, key).path, f"decoded frames {frames.shape[1:]} != feature shape")
-        self._cache[(ep, key)] = frames
-        self._cached += frames.nbytes
-        while self._cached > self._cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached -= old.nbytes
+        self._decoded.put((ep, key), frames)
         return frames
 
     # --- annotations
