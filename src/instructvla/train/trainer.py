@@ -316,7 +316,8 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
     metrics_path = out / METRICS_FILE
     window: dict[str, list[float]] = {}
     window_start, window_samples = _now(), 0
-    run_samples, saving_s = 0, 0.0  # this run's samples (both streams) and its time spent writing checkpoints
+    samples_before = state.samples + state.mm_samples  # of earlier runs this one resumed
+    saving_s = 0.0  # this run's time spent writing checkpoints
     last_saved = state.step if latest is not None else -1
     sps = 0.0
     wrapped.train()
@@ -333,13 +334,11 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
             n = cfg.batch_size * info.world_size
             state.samples += n
             window_samples += n
-            run_samples += n
             if secondary is not None and step % cfg.mm_every == 0:
                 mm_losses, _, _ = optimizer_step(next(secondary), "multimodal", step, False)
                 window.setdefault("mm_lm_loss", []).append(mm_losses.get("lm_loss", mm_losses["loss"]))
                 state.mm_samples += cfg.mm_batch_size * info.world_size
                 window_samples += cfg.mm_batch_size * info.world_size
-                run_samples += cfg.mm_batch_size * info.world_size
             state.step = step
             state.elapsed_s = elapsed_before + _now() - started
             if step % cfg.log_every == 0 or step == cfg.steps or stop:
@@ -360,8 +359,9 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
             if cfg.save_every and step % cfg.save_every == 0:
                 t_save = _now()
                 ckpt.save_checkpoint(out, wrapped, optimizer, state, data_state(), info, cfg.keep_last)
-                window_start += _now() - t_save  # throughput counts training time only
-                saving_s += _now() - t_save
+                save_s = _now() - t_save
+                window_start += save_s  # throughput counts training time only
+                saving_s += save_s
                 last_saved = step
             if stop:
                 logger.info("time limit of %.0f s reached at step %d: stopping", cfg.time_limit_s, step)
@@ -378,6 +378,7 @@ def run_training(cfg: TrainConfig, parts: TrainParts, info: D.DistInfo) -> dict[
     final_dir = out / FINAL_DIR
     export_model(wrapped, model, replica, parts.export, final_dir, info, ema)
     # throughput over this run's training time (not the last logging window's, which one slow step can skew)
+    run_samples = state.samples + state.mm_samples - samples_before
     mean_sps = run_samples / training_s if run_samples and training_s > 0 else sps
     return {"step": state.step, "samples": state.samples, "samples_per_s": mean_sps, "final_dir": str(final_dir),
             "stopped_early": state.step < cfg.steps}
