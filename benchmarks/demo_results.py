@@ -4,12 +4,15 @@ usage: python benchmarks/demo_results.py [RUN_DIR]   (default runs/demo; RUN_DIR
 
 Reads only what the demo measured (results.json); prints a table, then one JSON line with the same figures.
 A target whose inputs the run did not produce (e.g. the no-MoE baseline in the quick preset) is reported as "n/a".
+Atomic success rates also carry their episode count and a 95 % Wilson score interval: with 8 episodes per task a
+single run's rate is uncertain by about +-0.2, which a reader comparing it with a target should see.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,25 @@ def _get(summary: dict[str, Any] | None, key: str | None) -> float | None:
 QUICK_TARGET_TASKS = ("atomic/pick_any", "atomic/place_on_plate", "atomic/move_near")
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a success rate from `successes` of `n` episodes (95 % for z = 1.96)."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _with_interval(row: dict[str, Any], episodes: int | None) -> None:
+    """Add the episode count, successes and 95 % interval to a success-rate row (when the count is known)."""
+    if row["value"] is None or not episodes:
+        return
+    successes = round(row["value"] * episodes)
+    lo, hi = wilson_interval(successes, episodes)
+    row.update(episodes=episodes, successes=successes, ci95=[round(lo, 4), round(hi, 4)])
+
+
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of (figure, value, target, met) from a demo results dict."""
     evals: dict[str, dict[str, Any]] = results.get("evaluations", {})
@@ -44,6 +66,8 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     stage0, nomoe = evals.get("Stage-0 VLM"), evals.get("Generalist (no MoE)")
     thinking = evals.get("Generalist (thinking)")
     quick = results.get("preset") == "quick"
+    per_task = (results.get("config") or {}).get("eval_episodes")
+    per_task = int(per_task) if per_task else None
     atomic = _suite(expert or {}, "atomic")
     instruct = _suite(generalist or {}, "instruct")
     rows: list[dict[str, Any]] = []
@@ -56,17 +80,22 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     for label, ev in (("Expert", expert), ("Generalist", generalist)):
         val = _get(ev, f"{atomic}/overall")
         goal = 0.6 if quick else 0.9
+        n_tasks = sum(1 for k in (ev or {}) if k.startswith(f"{atomic}/task/"))
         if quick:  # the quick target is over the pick / place-on / move-near families (open-drawer is shown apart)
             row(f"{label} atomic success, all quick tasks", val, "-", None)
+            _with_interval(rows[-1], per_task and per_task * n_tasks)
             fam = [_get(ev, f"{atomic}/task/{t}") for t in QUICK_TARGET_TASKS]
             val = None if any(v is None for v in fam) else sum(fam) / len(fam)
             row(f"{label} atomic success, pick/place_on/move_near", val, f">= {goal:.2f}",
                 None if val is None else val >= goal)
+            _with_interval(rows[-1], per_task and per_task * len(QUICK_TARGET_TASKS))
         else:
             row(f"{label} atomic success", val, f">= {goal:.2f}", None if val is None else val >= goal)
+            _with_interval(rows[-1], per_task and per_task * n_tasks)
     if expert and atomic:
         for key in sorted(k for k in expert if k.startswith(f"{atomic}/task/")):
             row(f"Expert {key.split('/task/', 1)[1]}", _get(expert, key), "-", None)
+            _with_interval(rows[-1], per_task)
     for split, goal in (("seen", 0.7), ("heldout", 0.5)):
         val = _get(generalist, f"{instruct}/{split}")
         row(f"Generalist instruct {split}", val, f">= {goal:.2f} (full)", None if val is None or quick else val >= goal)
@@ -113,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = figures(results)
     width = max(len(r["figure"]) for r in rows)
     print(f"instructvla demo results: {path} (preset {results.get('preset')})")
-    print(f"{'figure':<{width}}  {'value':>10}  {'target':<22} met")
+    print(f"{'figure':<{width}}  {'value':>10}  {'target':<22} {'met':<4} episodes (95 % interval)")
     for r in rows:
         v = r["value"]
         shown = "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        print(f"{r['figure']:<{width}}  {shown:>10}  {r['target']:<22} {met}")
+        spread = f"{r['successes']}/{r['episodes']} ({r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})" if "ci95" in r else ""
+        print(f"{r['figure']:<{width}}  {shown:>10}  {r['target']:<22} {met:<4} {spread}".rstrip())
     print(json.dumps({"run": str(path), "preset": results.get("preset"), "figures": rows}))
     return 0
 
