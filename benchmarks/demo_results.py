@@ -50,15 +50,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _with_interval(row: dict[str, Any], episodes: int | None) -> None:
-    """Add the episode count, successes and 95 % interval to a success-rate row (when the count is known)."""
-    if row["value"] is None or not episodes:
-        return
-    successes = round(row["value"] * episodes)
-    lo, hi = wilson_interval(successes, episodes)
-    row.update(episodes=episodes, successes=successes, ci95=[round(lo, 4), round(hi, 4)])
-
-
 def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of (figure, value, target, met) from a demo results dict."""
     evals: dict[str, dict[str, Any]] = results.get("evaluations", {})
@@ -72,8 +63,13 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     instruct = _suite(generalist or {}, "instruct")
     rows: list[dict[str, Any]] = []
 
-    def row(name: str, value: float | None, target: str, met: bool | None) -> None:
+    def row(name: str, value: float | None, target: str, met: bool | None, episodes: int | None = None) -> None:
+        """One figure; a success rate over a known number of `episodes` also gets its count and 95 % interval."""
         rows.append({"figure": name, "value": value, "target": target, "met": met})
+        if value is not None and episodes:
+            successes = round(value * episodes)
+            lo, hi = wilson_interval(successes, episodes)
+            rows[-1].update(episodes=episodes, successes=successes, ci95=[round(lo, 4), round(hi, 4)])
 
     minutes = results.get("wall_seconds", 0.0) / 60.0
     row("wall clock (min)", round(minutes, 2), "<= 20 (quick)" if quick else "-", minutes <= 20 if quick else None)
@@ -82,20 +78,17 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         goal = 0.6 if quick else 0.9
         n_tasks = sum(1 for k in (ev or {}) if k.startswith(f"{atomic}/task/"))
         if quick:  # the quick target is over the pick / place-on / move-near families (open-drawer is shown apart)
-            row(f"{label} atomic success, all quick tasks", val, "-", None)
-            _with_interval(rows[-1], per_task and per_task * n_tasks)
+            row(f"{label} atomic success, all quick tasks", val, "-", None, per_task and per_task * n_tasks)
             fam = [_get(ev, f"{atomic}/task/{t}") for t in QUICK_TARGET_TASKS]
             val = None if any(v is None for v in fam) else sum(fam) / len(fam)
             row(f"{label} atomic success, pick/place_on/move_near", val, f">= {goal:.2f}",
-                None if val is None else val >= goal)
-            _with_interval(rows[-1], per_task and per_task * len(QUICK_TARGET_TASKS))
+                None if val is None else val >= goal, per_task and per_task * len(QUICK_TARGET_TASKS))
         else:
-            row(f"{label} atomic success", val, f">= {goal:.2f}", None if val is None else val >= goal)
-            _with_interval(rows[-1], per_task and per_task * n_tasks)
+            row(f"{label} atomic success", val, f">= {goal:.2f}", None if val is None else val >= goal,
+                per_task and per_task * n_tasks)
     if expert and atomic:
         for key in sorted(k for k in expert if k.startswith(f"{atomic}/task/")):
-            row(f"Expert {key.split('/task/', 1)[1]}", _get(expert, key), "-", None)
-            _with_interval(rows[-1], per_task)
+            row(f"Expert {key.split('/task/', 1)[1]}", _get(expert, key), "-", None, per_task)
     for split, goal in (("seen", 0.7), ("heldout", 0.5)):
         val = _get(generalist, f"{instruct}/{split}")
         row(f"Generalist instruct {split}", val, f">= {goal:.2f} (full)", None if val is None or quick else val >= goal)
