@@ -48,3 +48,25 @@ def test_miniature_demo_runs_every_phase(tmp_path):
     assert (tmp_path / "demo" / "report.html").stat().st_size > 1000
     # a second run reuses every finished phase
     assert demo(cfg) == 0
+
+
+@pytest.mark.slow
+def test_miniature_full_preset_runs_the_ablation_and_thinking_phases(tmp_path, load_benchmark):
+    """The full preset's extra phases (no-MoE baseline, thinking-mode evaluation, ensembled execution, instruct
+    suites with seen / held-out templates) at a miniature scale, and demo_results.py reading what they produce."""
+    cfg = DemoConfig(preset="full", out=str(tmp_path / "full"), workers=1, model_preset="tiny", camera_size=64,
+                     image_size=64, num_queries=8, episodes=4, multimodal_samples=8, stage0_steps=2, stage1_steps=2,
+                     stage2_steps=2, eval_suites="atomic-quick,instruct-quick,vqa", eval_episodes=1,
+                     instruct_episodes=1, eval_max_steps=4, vqa_limit=2)
+    p = cfg.resolved()
+    assert p.no_moe_baseline and p.think_eval and p.eval_execution == "ensemble"
+    assert demo(cfg) == 0
+    results = json.loads((tmp_path / "full" / "results.json").read_text())
+    evals = results["evaluations"]
+    assert set(evals) == {"Stage-0 VLM", "Expert", "Generalist", "Generalist (no MoE)", "Generalist (thinking)"}
+    assert "vqa/exact_match" in evals["Generalist (no MoE)"]
+    assert "instruct-quick/heldout" in evals["Generalist"] and "instruct-quick/situated" in evals["Generalist"]
+    assert not any(k.startswith("vqa/") for k in evals["Generalist (thinking)"])  # thinking skips VQA
+    rows = {r["figure"]: r for r in load_benchmark("demo_results").figures(results)}
+    assert rows["VQA exact_match drop vs stage 0, no-MoE (points)"]["value"] is not None
+    assert rows["situated: thinking on - off (points)"]["value"] is not None
