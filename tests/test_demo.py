@@ -23,6 +23,13 @@ def test_overrides_replace_preset_values():
         DemoConfig(preset="quick", lr_schedule="step")
 
 
+def test_stage1_batch_follows_batch_size_unless_set():
+    assert PRESETS["quick"].stage1_batch_size == 32 and PRESETS["quick"].batch_size == 16
+    assert DemoConfig(preset="quick", batch_size=8).resolved().stage1_batch_size is None  # one batch for every stage
+    p = DemoConfig(preset="quick", batch_size=8, stage1_batch_size=12).resolved()
+    assert (p.batch_size, p.stage1_batch_size) == (8, 12)
+
+
 def test_headline_reads_the_evaluation_schema():
     results = {
         "suites": {"atomic-quick": {"overall": 0.5, "splits": {"seen": 0.5}, "categories": {"atomic": 0.5},

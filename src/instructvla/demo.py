@@ -70,6 +70,7 @@ class DemoPreset:
     object_keypoint_weight: float = 0.0  # stage 1: weight of the dense every-object grounding labels (0 = off)
     lr_schedule: str = "constant"  # every stage: constant | cosine (down to a tenth of lr over the stage's budget)
     stage2_lr: float | None = None  # stage 2's learning rate (None = lr): lower keeps the latents the frozen expert reads
+    stage1_batch_size: int | None = None  # stage 1's robot batch (None = batch_size)
     cameras: tuple[str, ...] = ("primary", "wrist")  # views collected, trained on and evaluated
     augment: bool = True  # random 0.9-area crops + colour jitter in stages 1 and 2 (evaluation then centre-crops 0.9)
     regrasp: float = 0.0  # share of pick-based episodes collected from a missed grasp onward (sim/collect.py)
@@ -87,7 +88,7 @@ PRESETS: dict[str, DemoPreset] = {
         eval_execution="open_loop", open_loop_k=12, noise_scale=0.0, instruct_episodes=2, vqa_limit=100, vqa_max_new_tokens=24,
         no_moe_baseline=False, think_eval=False, use_state=True, vision_tower="conv", ema=0.995,
         keypoint_teacher_forcing=0.5, keypoint_action_bias=True, keypoint_heatmap_weight=1.0, object_keypoint_weight=1.0,
-        cameras=("primary",), stage2_lr=3e-4, augment=False, family_weights=(("open_drawer", 0.4),),
+        cameras=("primary",), stage2_lr=3e-4, stage1_batch_size=32, augment=False, family_weights=(("open_drawer", 0.4),),
     ),
     # Hours on CPU, or one GPU: every family, the instruct suite, the no-MoE ablation and thinking mode.
     "full": DemoPreset(
@@ -154,6 +155,7 @@ class DemoConfig:
     object_keypoint_weight: float | None = None
     lr_schedule: str | None = None
     stage2_lr: float | None = None
+    stage1_batch_size: int | None = None
     cameras: list[str] | None = None
     augment: bool | None = None
     regrasp: float | None = None
@@ -182,6 +184,8 @@ class DemoConfig:
             overrides["cameras"] = tuple(overrides["cameras"])
         if "family_weights" in overrides:
             overrides["family_weights"] = tuple(sorted(overrides["family_weights"].items()))
+        if "batch_size" in overrides and "stage1_batch_size" not in overrides:
+            overrides["stage1_batch_size"] = None  # --batch_size alone sets every stage's batch
         return replace(base, **overrides)
 
 
@@ -251,7 +255,8 @@ def _train(cfg: DemoConfig, p: DemoPreset, stage: int, folder: Path, data: Path,
     summary = train(TrainConfig(
         stage=stage, dataset=None if stage == 0 else str(data), multimodal=str(data / "multimodal"),
         init=None if init is None else str(init), preset=p.model_preset, out=str(folder), steps=steps,
-        batch_size=p.batch_size, mm_batch_size=p.mm_batch_size, device=_device(cfg),
+        batch_size=p.stage1_batch_size if stage == 1 and p.stage1_batch_size is not None else p.batch_size,
+        mm_batch_size=p.mm_batch_size, device=_device(cfg),
         lr=p.stage2_lr if stage == 2 and p.stage2_lr is not None else p.lr,
         save_every=0, resume=True, seed=cfg.seed, no_moe=no_moe, progress="always", noise_repeats=p.noise_repeats,
         image_size=p.image_size, num_queries=p.num_queries, keypoints=p.keypoints and stage > 0,
