@@ -112,7 +112,8 @@ class DemoConfig:
     device:   "auto" | "cpu" | "cuda" for training and evaluation.
     seed:     base seed of every phase.
     fresh:    delete `out` first instead of reusing finished phases.
-    The remaining fields override the preset's value when set (see PRESETS in instructvla/demo.py).
+    The remaining fields override the preset's value when set (see PRESETS in instructvla/demo.py); `batch_size`
+    set without `stage1_batch_size` sets stage 1's batch too.
     """
 
     preset: str = "quick"
