@@ -65,6 +65,10 @@ class ActionExpertConfig:
         dims are deltas that add up when a chunk runs open loop, so an error shared by its steps (a drift of a
         millimetre a step) moves the arm as far as the sum; the per-step loss scores it as tiny, this term in
         proportion to how far it carries. Independent per-step errors score as in the plain loss.
+    flow_noise_std: standard deviation of the flow's noise prior x0 ~ N(0, std^2 I) (1.0 = the method), in training
+        and in sampling alike (sample's noise_scale multiplies it). A policy evaluated deterministically (from
+        x0 = 0) only ever meets the path that starts at the prior's centre; a narrower prior keeps the training
+        inputs near that path.
     delta_dims: how many leading action dims are deltas (the tabletop's xyz + rpy: 6; the gripper is absolute).
     noise_repeats: flow-matching (noise, time) draws per training example (1 = the method). With K > 1 the prefix
         (vision, latents, state) is encoded once and shared by the K noisy chunks, which lowers the variance of the
@@ -123,6 +127,7 @@ class ActionExpertConfig:
     vision_drop_path_rate: float = 0.0
     loss_ignore_padding: bool = False
     cumulative_loss_weight: float = 0.0
+    flow_noise_std: float = 1.0
     delta_dims: int = 6
     noise_repeats: int = 1
     vision_tower: str = "dinov2"
@@ -164,6 +169,8 @@ class ActionExpertConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ActionExpertConfig.{name} must be a positive int, got {value!r}")
+        if not (math.isfinite(self.flow_noise_std) and self.flow_noise_std > 0):
+            raise ValueError(f"ActionExpertConfig.flow_noise_std must be a finite number > 0, got {self.flow_noise_std}")
         if not self.cumulative_loss_weight >= 0:
             raise ValueError(f"ActionExpertConfig.cumulative_loss_weight must be >= 0, got {self.cumulative_loss_weight}")
         if not 0 <= self.delta_dims <= self.action_dim:
@@ -729,7 +736,7 @@ class ActionExpert(nn.Module):
         generator: torch.Generator | None = None,
         action_is_pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flow-matching MSE: noise x0 ~ N(0, I), t = 0.999(1 - Beta(1.5, 1)), regress x1 - (1 - sigma_min) x0.
+        """Flow-matching MSE: noise x0 ~ N(0, std^2 I) (config flow_noise_std, 1 = the method), t = 0.999(1 - Beta(1.5, 1)), regress x1 - (1 - sigma_min) x0.
 
         actions: (B, H, A) normalised chunk (x1). action_is_pad (B, H) is validated; it only changes the loss when
         config loss_ignore_padding=True (the method averages over every entry, padding included).
@@ -775,6 +782,8 @@ class ActionExpert(nn.Module):
         if k > 1:  # K noisy copies of every chunk, tiled along the batch: [all B] x K
             x1 = x1.repeat(k, 1, 1)
         x0 = randn(tuple(x1.shape), generator=generator, device=x1.device, dtype=x1.dtype)
+        if self.cfg.flow_noise_std != 1.0:
+            x0 = x0 * self.cfg.flow_noise_std
         t = sample_time(b * k, generator=generator, device=x1.device, dtype=x1.dtype)
         xt = interpolate(x0, x1, t, self.cfg.sigma_min)
         target = target_velocity(x0, x1, self.cfg.sigma_min)
@@ -836,8 +845,8 @@ class ActionExpert(nn.Module):
     ) -> torch.Tensor:
         """Sample a normalised action chunk (B, H, A) by Euler integration of the velocity from t = 0 to 1.
 
-        Any batch size. Starting noise is `noise` if given, else drawn with `generator`; either way it is multiplied
-        by `noise_scale` (1.0 = the method; 0.0 = the deterministic flow from x0 = 0, close to the conditional mean,
+        Any batch size. Starting noise is `noise` if given (unit scale), else drawn with `generator`; either way it is
+        multiplied by the prior's `flow_noise_std` and by `noise_scale` (1.0 = the method; 0.0 = the deterministic flow from x0 = 0, close to the conditional mean,
         which is the steadier choice for a briefly trained policy whose samples are still too spread out). use_cache=True encodes the
         prefix once and runs only the action tokens per step (exact for the hard mask). With attention="soft_bias"
         the prefix depends on the actions, so only the vision features and prefix embeddings are cached and the
@@ -856,8 +865,8 @@ class ActionExpert(nn.Module):
         else:
             self._check_actions("noise", noise, b)
             noise = noise.to(self._dtype)
-        if noise_scale != 1.0:
-            noise = noise * noise_scale
+        if noise_scale * self.cfg.flow_noise_std != 1.0:
+            noise = noise * (noise_scale * self.cfg.flow_noise_std)
         if prefix is not None and not use_cache:
             raise ValueError("sample: a precomputed prefix needs use_cache=True")
         if use_cache:

@@ -78,6 +78,7 @@ class TrainConfig:
     keypoint_action_bias: bool = False  # stage 1: keypoints (+ state) also bias every action token directly
     cumulative_loss_weight: float = 0.0  # stage 1: weight of the flow loss on the chunk's running sums of delta
     #                                      errors (ActionExpertConfig.cumulative_loss_weight; 0 = the method)
+    flow_noise_std: float = 1.0  # stage 1: std of the flow's noise prior (ActionExpertConfig.flow_noise_std; 1 = method)
     vision_tower: str = "dinov2"  # stage 1: action-expert vision tower, "dinov2" (method) | "conv" (FiLM CNN reading
     #                                the frames at image_size; learns to localise sooner when trained from scratch)
     cameras: list[str] = field(default_factory=list)  # views to train on, primary first ("primary", "wrist" or full
@@ -128,6 +129,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.flow_noise_std) and self.flow_noise_std > 0):
+            raise ValueError(f"flow_noise_std must be a finite number > 0, got {self.flow_noise_std}")
         if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
             raise ValueError(f"keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}")
         if (self.keypoint_teacher_forcing > 0 or self.keypoint_action_bias or self.keypoint_heatmap_weight > 0
