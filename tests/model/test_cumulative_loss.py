@@ -8,13 +8,9 @@ import math
 import pytest
 import torch
 
-from instructvla.data.dataset import write_synthetic_dataset
 from instructvla.model.action_expert import ActionExpert, ActionExpertConfig, cumulative_velocity_error
 from instructvla.model.vla import InstructVLA
 from instructvla.train.config import TrainConfig
-from instructvla.train.distributed import DistInfo
-from instructvla.train.stages import build_parts
-from instructvla.train.trainer import run_training
 
 
 def test_a_shared_drift_scores_more_than_independent_errors_of_the_same_size():
@@ -46,14 +42,10 @@ def test_expert_adds_the_term_only_when_weighted():
         ActionExpertConfig.from_dict({**cfg.to_dict(), "delta_dims": 8})
 
 
-def test_stage1_trains_with_it_and_saves_the_weight(tmp_path):
-    robot = write_synthetic_dataset(tmp_path / "robot", num_episodes=2, length=6, image_size=32)
-    cfg = TrainConfig(out=str(tmp_path / "s1"), stage=1, dataset=robot, steps=2, batch_size=2, save_every=0,
-                      log_every=1, progress="never", image_size=32, cumulative_loss_weight=0.5)
-    one = DistInfo()
-    run_training(cfg, build_parts(cfg, one), one)
-    lines = [json.loads(x) for x in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
+def test_stage1_trains_with_it_and_saves_the_weight(tmp_path, train_stage1):
+    run, robot = train_stage1(cumulative_loss_weight=0.5)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(x["fm_cumulative_loss"]) and x["fm_cumulative_loss"] > 0 for x in lines)
-    assert InstructVLA.from_pretrained(tmp_path / "s1" / "model").action_expert.cfg.cumulative_loss_weight == 0.5
+    assert InstructVLA.from_pretrained(run / "model").action_expert.cfg.cumulative_loss_weight == 0.5
     with pytest.raises(ValueError, match="cumulative_loss_weight"):
         TrainConfig(out=str(tmp_path / "x"), stage=1, dataset=robot, cumulative_loss_weight=float("nan"))

@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instructvla.data.dataset import write_synthetic_dataset
 from instructvla.model.action_expert import ActionExpert, ActionExpertConfig
 from instructvla.model.vla import InstructVLA
 from instructvla.train.config import TrainConfig
-from instructvla.train.distributed import DistInfo
-from instructvla.train.stages import build_parts
-from instructvla.train.trainer import run_training
 
 
 def _cfg(**kw) -> ActionExpertConfig:
@@ -55,12 +51,8 @@ def test_training_draws_from_the_prior_width():
             _cfg(flow_noise_std=bad)
 
 
-def test_stage1_saves_the_prior_width(tmp_path):
-    robot = write_synthetic_dataset(tmp_path / "robot", num_episodes=2, length=6, image_size=32)
-    cfg = TrainConfig(out=str(tmp_path / "s1"), stage=1, dataset=robot, steps=2, batch_size=2, save_every=0,
-                      log_every=1, progress="never", image_size=32, flow_noise_std=0.3)
-    one = DistInfo()
-    run_training(cfg, build_parts(cfg, one), one)
-    assert InstructVLA.from_pretrained(tmp_path / "s1" / "model").action_expert.cfg.flow_noise_std == 0.3
+def test_stage1_saves_the_prior_width(tmp_path, train_stage1):
+    run, robot = train_stage1(flow_noise_std=0.3)
+    assert InstructVLA.from_pretrained(run / "model").action_expert.cfg.flow_noise_std == 0.3
     with pytest.raises(ValueError, match="flow_noise_std"):
         TrainConfig(out=str(tmp_path / "x"), stage=1, dataset=robot, flow_noise_std=0.0)

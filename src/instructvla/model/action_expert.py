@@ -736,7 +736,8 @@ class ActionExpert(nn.Module):
         generator: torch.Generator | None = None,
         action_is_pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flow-matching MSE: noise x0 ~ N(0, std^2 I) (config flow_noise_std, 1 = the method), t = 0.999(1 - Beta(1.5, 1)), regress x1 - (1 - sigma_min) x0.
+        """Flow-matching MSE: noise x0 ~ N(0, std^2 I) (config flow_noise_std, 1 = the method),
+        t = 0.999(1 - Beta(1.5, 1)), regress x1 - (1 - sigma_min) x0.
 
         actions: (B, H, A) normalised chunk (x1). action_is_pad (B, H) is validated; it only changes the loss when
         config loss_ignore_padding=True (the method averages over every entry, padding included).
@@ -846,8 +847,9 @@ class ActionExpert(nn.Module):
         """Sample a normalised action chunk (B, H, A) by Euler integration of the velocity from t = 0 to 1.
 
         Any batch size. Starting noise is `noise` if given (unit scale), else drawn with `generator`; either way it is
-        multiplied by the prior's `flow_noise_std` and by `noise_scale` (1.0 = the method; 0.0 = the deterministic flow from x0 = 0, close to the conditional mean,
-        which is the steadier choice for a briefly trained policy whose samples are still too spread out). use_cache=True encodes the
+        multiplied by the prior's `flow_noise_std` and by `noise_scale` (1.0 = the method; 0.0 = the deterministic
+        flow from x0 = 0, close to the conditional mean, which is the steadier choice for a briefly trained policy
+        whose samples are still too spread out). use_cache=True encodes the
         prefix once and runs only the action tokens per step (exact for the hard mask). With attention="soft_bias"
         the prefix depends on the actions, so only the vision features and prefix embeddings are cached and the
         transformer is recomputed each step. use_cache=False recomputes everything (vision included) every step.
