@@ -69,6 +69,8 @@ class ActionExpertConfig:
         and in sampling alike (sample's noise_scale multiplies it). A policy evaluated deterministically (from
         x0 = 0) only ever meets the path that starts at the prior's centre; a narrower prior keeps the training
         inputs near that path.
+    flow_time_alpha: training times t = 0.999 (1 - z), z ~ Beta(alpha, 1): 1.5 (the method) trains the noisy start
+        of the path most and its end least; 1.0 trains every t alike, as a deterministic Euler sampler weighs them.
     delta_dims: how many leading action dims are deltas (the tabletop's xyz + rpy: 6; the gripper is absolute).
     noise_repeats: flow-matching (noise, time) draws per training example (1 = the method). With K > 1 the prefix
         (vision, latents, state) is encoded once and shared by the K noisy chunks, which lowers the variance of the
@@ -128,6 +130,7 @@ class ActionExpertConfig:
     loss_ignore_padding: bool = False
     cumulative_loss_weight: float = 0.0
     flow_noise_std: float = 1.0
+    flow_time_alpha: float = 1.5
     delta_dims: int = 6
     noise_repeats: int = 1
     vision_tower: str = "dinov2"
@@ -171,6 +174,8 @@ class ActionExpertConfig:
                 raise ValueError(f"ActionExpertConfig.{name} must be a positive int, got {value!r}")
         if not (math.isfinite(self.flow_noise_std) and self.flow_noise_std > 0):
             raise ValueError(f"ActionExpertConfig.flow_noise_std must be a finite number > 0, got {self.flow_noise_std}")
+        if not (math.isfinite(self.flow_time_alpha) and self.flow_time_alpha > 0):
+            raise ValueError(f"ActionExpertConfig.flow_time_alpha must be a finite number > 0, got {self.flow_time_alpha}")
         if not self.cumulative_loss_weight >= 0:
             raise ValueError(f"ActionExpertConfig.cumulative_loss_weight must be >= 0, got {self.cumulative_loss_weight}")
         if not 0 <= self.delta_dims <= self.action_dim:
@@ -737,7 +742,7 @@ class ActionExpert(nn.Module):
         action_is_pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow-matching MSE: noise x0 ~ N(0, std^2 I) (config flow_noise_std, 1 = the method),
-        t = 0.999(1 - Beta(1.5, 1)), regress x1 - (1 - sigma_min) x0.
+        t = 0.999(1 - Beta(alpha, 1)) (config flow_time_alpha, 1.5 = the method), regress x1 - (1 - sigma_min) x0.
 
         actions: (B, H, A) normalised chunk (x1). action_is_pad (B, H) is validated; it only changes the loss when
         config loss_ignore_padding=True (the method averages over every entry, padding included).
@@ -785,7 +790,7 @@ class ActionExpert(nn.Module):
         x0 = randn(tuple(x1.shape), generator=generator, device=x1.device, dtype=x1.dtype)
         if self.cfg.flow_noise_std != 1.0:
             x0 = x0 * self.cfg.flow_noise_std
-        t = sample_time(b * k, generator=generator, device=x1.device, dtype=x1.dtype)
+        t = sample_time(b * k, generator=generator, device=x1.device, dtype=x1.dtype, alpha=self.cfg.flow_time_alpha)
         xt = interpolate(x0, x1, t, self.cfg.sigma_min)
         target = target_velocity(x0, x1, self.cfg.sigma_min)
         override = self._teacher_keypoints(keypoints, b, generator)

@@ -2,7 +2,7 @@
 
 Conventions (method.md §2.4, §9.5): t in [0, 1] with t = 0 pure noise and t = 1 data; sigma_min in both the
 interpolation and the target; training times t = 0.999 * (1 - z), z ~ Beta(1.5, 1), which favours small t (noisier
-inputs); sampling integrates the learned velocity from t = 0 to t = 1 with fixed Euler steps.
+inputs; `alpha` = 1 draws t uniformly); sampling integrates the learned velocity from t = 0 to t = 1 with fixed Euler steps.
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ def sample_time(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    alpha: float = _BETA_ALPHA,
 ) -> torch.Tensor:
-    """Training times t = 0.999 * (1 - z), z ~ Beta(1.5, 1); returns (batch,) in [0, 0.999]."""
+    """Training times t = 0.999 * (1 - z), z ~ Beta(alpha, 1) (1.5 = the method, 1 = uniform); (batch,) in [0, 0.999]."""
     if batch < 1:
         raise ValueError(f"sample_time: batch must be >= 1, got {batch}")
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"sample_time: alpha must be a finite number > 0, got {alpha}")
     u = torch.rand(batch, generator=generator, device=_draw_device(generator, device), dtype=dtype)
-    z = u.pow(1.0 / _BETA_ALPHA)
+    z = u.pow(1.0 / alpha)
     return (_TIME_SCALE * (1.0 - z)).to(device)
 
 

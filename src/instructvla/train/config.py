@@ -79,6 +79,7 @@ class TrainConfig:
     cumulative_loss_weight: float = 0.0  # stage 1: weight of the flow loss on the chunk's running sums of delta
     #                                      errors (ActionExpertConfig.cumulative_loss_weight; 0 = the method)
     flow_noise_std: float = 1.0  # stage 1: std of the flow's noise prior (ActionExpertConfig.flow_noise_std; 1 = method)
+    flow_time_alpha: float = 1.5  # stage 1: training times t = 0.999 (1 - Beta(alpha, 1)) (1.5 = method, 1 = uniform)
     vision_tower: str = "dinov2"  # stage 1: action-expert vision tower, "dinov2" (method) | "conv" (FiLM CNN reading
     #                                the frames at image_size; learns to localise sooner when trained from scratch)
     cameras: list[str] = field(default_factory=list)  # views to train on, primary first ("primary", "wrist" or full
@@ -131,6 +132,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not (math.isfinite(self.flow_noise_std) and self.flow_noise_std > 0):
             raise ValueError(f"flow_noise_std must be a finite number > 0, got {self.flow_noise_std}")
+        if not (math.isfinite(self.flow_time_alpha) and self.flow_time_alpha > 0):
+            raise ValueError(f"flow_time_alpha must be a finite number > 0, got {self.flow_time_alpha}")
         if not 0.0 <= self.keypoint_teacher_forcing <= 1.0:
             raise ValueError(f"keypoint_teacher_forcing must be in [0, 1], got {self.keypoint_teacher_forcing}")
         if (self.keypoint_teacher_forcing > 0 or self.keypoint_action_bias or self.keypoint_heatmap_weight > 0

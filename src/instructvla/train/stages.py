@@ -99,7 +99,8 @@ def _is_instructvla_dir(path: Path) -> bool:
 def _action_overrides(cfg: TrainConfig, num_views: int, num_keypoints: int, num_objects: int = 0) -> dict[str, Any]:
     out = {"use_state": cfg.use_state, "chunk_size": cfg.chunk_size, "num_views": num_views,
            "noise_repeats": cfg.noise_repeats, "keypoints": num_keypoints,
-           "cumulative_loss_weight": cfg.cumulative_loss_weight, "flow_noise_std": cfg.flow_noise_std}
+           "cumulative_loss_weight": cfg.cumulative_loss_weight, "flow_noise_std": cfg.flow_noise_std,
+           "flow_time_alpha": cfg.flow_time_alpha}
     if num_keypoints:
         out |= {"keypoint_teacher_forcing": cfg.keypoint_teacher_forcing, "keypoint_loss_weight": cfg.keypoint_loss_weight,
                 "keypoint_action_bias": cfg.keypoint_action_bias, "keypoint_heatmap_weight": cfg.keypoint_heatmap_weight,
